@@ -1,0 +1,37 @@
+"""relaypolicy: pluggable SMTP relay policies.
+
+Build a :class:`Request` from what the MTA knows at ``RCPT TO``, ask a policy, send the
+decision's reply. Everything here is pure: no sockets, no files, no clock.
+"""
+
+from relaypolicy.address import Address, parse_address
+from relaypolicy.domains import DomainError, DomainSet, normalize_domain
+from relaypolicy.model import Decision, Request, Verdict
+from relaypolicy.networks import NetworkSet, normalize_ip
+from relaypolicy.policies import (
+    FirstMatch,
+    LocalDomainOnly,
+    OpenRelay,
+    Policy,
+    TrustedNetworks,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Address",
+    "Decision",
+    "DomainError",
+    "DomainSet",
+    "FirstMatch",
+    "LocalDomainOnly",
+    "NetworkSet",
+    "OpenRelay",
+    "Policy",
+    "Request",
+    "TrustedNetworks",
+    "Verdict",
+    "normalize_domain",
+    "normalize_ip",
+    "parse_address",
+]

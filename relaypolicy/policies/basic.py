@@ -1,0 +1,124 @@
+"""The classic relay answers: accept everything, accept only our domains, trust networks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from relaypolicy.domains import DomainSet
+from relaypolicy.model import Decision, Request, accept, next_policy
+from relaypolicy.networks import IPNetwork, NetworkSet
+from relaypolicy.policies.base import bad_recipient_syntax, relay_access_denied
+
+__all__ = ["LocalDomainOnly", "OpenRelay", "TrustedNetworks"]
+
+
+class OpenRelay:
+    """ACCEPT every recipient from every client: an open relay.
+
+    The early internet's answer. Today it belongs only in tests and closed labs; it is here
+    so that a test can show what a policy prevents.
+    """
+
+    __slots__ = ("_accept", "name")
+
+    def __init__(self, *, name: str = "OpenRelay") -> None:
+        self.name = name
+        self._accept = accept(name, "open-relay")
+
+    def check(self, request: Request) -> Decision:
+        return self._accept
+
+    def __repr__(self) -> str:
+        return "OpenRelay()"
+
+
+class LocalDomainOnly:
+    """ACCEPT mail for our own domains (and domains we relay for); refuse everything else.
+
+    ``local_domains`` match exactly (Postfix ``mydestination``); ``relay_domains`` match
+    themselves and their subdomains (Postfix ``relay_domains``, the backup-MX case). Any
+    other destination, and any recipient asking for sender-specified routing
+    (``user%other@local``, ``other!user@local``, ``"user@other"@local``), gets
+    ``554 5.7.1 <rcpt>: Relay access denied``, as Postfix's ``reject_unauth_destination``.
+    A domainless ``postmaster`` is local (RFC 5321 section 4.5.1); a recipient with bad
+    syntax gets ``501 5.1.3``.
+    """
+
+    __slots__ = ("_local", "_relay", "_syntax", "_to_local", "_to_relay", "name")
+
+    def __init__(
+        self,
+        local_domains: Iterable[str],
+        relay_domains: Iterable[str] = (),
+        *,
+        name: str = "LocalDomainOnly",
+    ) -> None:
+        self.name = name
+        self._local = DomainSet(local_domains)
+        self._relay = DomainSet(relay_domains, subdomains=True)
+        self._to_local = accept(name, "local")
+        self._to_relay = accept(name, "relay-domain")
+        self._syntax = bad_recipient_syntax(name)
+
+    @property
+    def local_domains(self) -> frozenset[str]:
+        return self._local.domains
+
+    @property
+    def relay_domains(self) -> frozenset[str]:
+        return self._relay.domains
+
+    def check(self, request: Request) -> Decision:
+        address = request.recipient_address
+        if address.error is not None or not address.text:
+            return self._syntax
+        if address.routed:
+            return relay_access_denied(request, self.name, "routing")
+        domain = address.domain
+        if not domain:
+            if address.local_part.lower() == "postmaster":
+                return self._to_local
+            return relay_access_denied(request, self.name, "not-local")
+        if domain in self._local.domains:
+            return self._to_local
+        if self._relay.domains and self._relay.matches(domain):
+            return self._to_relay
+        return relay_access_denied(request, self.name, "not-local")
+
+    def __repr__(self) -> str:
+        return (
+            f"LocalDomainOnly({sorted(self._local.domains)!r}, "
+            f"relay_domains={sorted(self._relay.domains)!r})"
+        )
+
+
+class TrustedNetworks:
+    """ACCEPT clients whose address lies in one of the CIDR blocks; NEXT for the rest.
+
+    Postfix ``permit_mynetworks``. IPv4 and IPv6 blocks; a client seen as IPv4-mapped IPv6
+    is matched as IPv4.
+    """
+
+    __slots__ = ("_accept", "_networks", "_next", "name")
+
+    def __init__(
+        self, networks: Iterable[str | IPNetwork], *, name: str = "TrustedNetworks"
+    ) -> None:
+        if isinstance(networks, str):
+            raise TypeError("networks must be an iterable of CIDR blocks, not one string")
+        self.name = name
+        self._networks = NetworkSet(networks)
+        self._accept = accept(name, "trusted-network")
+        self._next = next_policy(name, "untrusted-network")
+
+    @property
+    def networks(self) -> tuple[IPNetwork, ...]:
+        return self._networks.networks
+
+    def check(self, request: Request) -> Decision:
+        if self._networks.contains(request.client_ip_version, request.client_ip_value):
+            return self._accept
+        return self._next
+
+    def __repr__(self) -> str:
+        return f"TrustedNetworks({[str(n) for n in self._networks.networks]!r})"
