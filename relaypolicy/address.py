@@ -34,10 +34,7 @@ MAX_LOCAL_PART_OCTETS = 64  # RFC 5321 section 4.5.3.1.1
 MAX_PATH_OCTETS = 256  # RFC 5321 section 4.5.3.1.3, angle brackets included
 
 # RFC 5322 atext, plus "." for dot-strings. "%" and "!" are atext, hence the routing check.
-_ATEXT = "A-Za-z0-9!#$&'*+/=?^_`{|}~%.-"
-_PLAIN = re.compile(rf"([{_ATEXT}]+)@([A-Za-z0-9.-]+)")
 _ATEXT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&'*+/=?^_`{|}~%.-")
-_ROUTING = re.compile(r"[@%!]")
 
 
 class Address(NamedTuple):
@@ -61,9 +58,18 @@ class Address(NamedTuple):
         return self.error is None
 
     @property
+    def is_null(self) -> bool:
+        """The null path ``<>``: no local part and no domain."""
+        return not self.local_part and not self.domain
+
+    @property
     def mailbox(self) -> str:
         """``local@domain`` with the canonical domain (``local`` when domainless)."""
         return f"{self.local_part}@{self.domain}" if self.domain else self.local_part
+
+
+_new = tuple.__new__
+_NULL = Address("", "", "", False, None)
 
 
 def _bad(text: str, why: str) -> Address:
@@ -83,96 +89,111 @@ def parse_address(text: str) -> Address:
     """
     if not isinstance(text, str):
         return _bad(repr(text), "not a string")
-    match = _PLAIN.fullmatch(text)
-    if match is not None:
-        local, domain = match.group(1, 2)
-        if len(local) > MAX_LOCAL_PART_OCTETS:
-            return _bad(text, f"local part longer than {MAX_LOCAL_PART_OCTETS} octets")
-        if len(text) + 2 > MAX_PATH_OCTETS:
-            return _bad(text, f"path longer than {MAX_PATH_OCTETS} octets")
+    # Fast path: an atext local part, one "@", a domain name. This is most mail.
+    local, at, domain = text.partition("@")
+    if (
+        at
+        and local
+        and domain
+        and len(local) <= MAX_LOCAL_PART_OCTETS
+        and _ATEXT_CHARS.issuperset(local)
+        and domain[0] != "["
+        and "@" not in domain
+        and (len(text) if text.isascii() else _octets(text)) + 2 <= MAX_PATH_OCTETS
+    ):
         try:
             canonical = normalize_domain(domain)
-        except DomainError as exc:
-            return _bad(text, str(exc))
-        return Address(text, local, canonical, "%" in local or "!" in local, None)
+        except DomainError:
+            pass  # the slow path says precisely what is wrong
+        else:
+            return _new(Address, (text, local, canonical, "%" in local or "!" in local, None))
     return _parse_slow(text)
 
 
+# A quoted string (closed), a run of unquoted text, or a stray quote (unbalanced).
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[^"]+|"', re.DOTALL)
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Outside quotes: RFC 5322 specials other than "@" and ".", backslash, and any whitespace.
+_BAD_UNQUOTED = re.compile(r'[\s\\()<>,;:\[\]]')
+
+
 def _parse_slow(text: str) -> Address:
+    if not text:
+        return _NULL
+    found = _CONTROL.search(text)
+    if found is not None:
+        code = ord(found.group())
+        if code >= 0xD800:
+            return _bad(text, "lone surrogate (not UTF-8)")
+        return _bad(text, f"control character U+{code:04X}")
     path = text
     if path.startswith("<"):
         if not path.endswith(">"):
             return _bad(text, "unbalanced angle bracket")
         path = path[1:-1]
-    if not path:
-        return Address(text, "", "", False, None)
+        if not path:
+            return _new(Address, (text, "", "", False, None))
+        if path.startswith("<"):
+            return _bad(text, "nested angle brackets")
     if _octets(path) + 2 > MAX_PATH_OCTETS:
         return _bad(text, f"path longer than {MAX_PATH_OCTETS} octets")
-    for char in path:
-        code = ord(char)
-        if code < 0x20 or 0x7F <= code < 0xA0:
-            return _bad(text, f"control character U+{code:04X}")
-        if 0xD800 <= code < 0xE000:
-            return _bad(text, "lone surrogate (not UTF-8)")
     if path.startswith("@"):
         # A source route, "@a,@b:mailbox" (RFC 5321 section 4.1.2, A-d-l): drop it.
         colon = path.find(":")
         if colon == -1:
             return _bad(text, "source route without ':'")
         path = path[colon + 1 :]
-        if not path:
+        if not path or path.startswith("@"):
             return _bad(text, "source route without a mailbox")
+    if path is text:
+        return _parse_tokens(text, path)
+    inner = parse_address(path)  # the mailbox inside; its text is the whole path given
+    return _new(Address, (text, *inner[1:]))
 
-    # Split at the last "@" outside quotes, dequoting the local part as we go.
-    local_chars: list[str] = []
-    split_at = -1
-    in_quotes = False
-    escaped = False
-    pieces: list[tuple[int, str]] = []  # (index in path, dequoted char) of the local part
-    for index, char in enumerate(path):
-        if escaped:
-            pieces.append((index, char))
-            escaped = False
-        elif in_quotes:
-            if char == "\\":
-                escaped = True
-            elif char == '"':
-                in_quotes = False
-            else:
-                pieces.append((index, char))
-        elif char == '"':
-            in_quotes = True
-        elif char == "\\":
-            return _bad(text, "backslash outside quotes")
-        else:
-            if char == "@":
-                split_at = index
-            elif char.isspace():
-                return _bad(text, "whitespace outside quotes")
-            elif char.isascii() and char not in _ATEXT_CHARS and not (
-                char in "[]:" and split_at != -1
-            ):
-                # "[" "]" ":" may appear only in the part after an "@" (address literals);
-                # the domain check below decides whether that part is valid.
-                return _bad(text, f"invalid character {char!r} outside quotes")
-            pieces.append((index, char))
-    if in_quotes or escaped:
+
+def _parse_tokens(text: str, path: str) -> Address:
+    """Quoted strings, backslashes, several "@": split at the last "@" outside quotes."""
+    tokens = _TOKEN.findall(path)
+    if '"' in tokens:
         return _bad(text, "unbalanced quote")
-
-    if split_at == -1:
-        local_text, domain_text = path, None
+    split_token = -1
+    for index in range(len(tokens) - 1, -1, -1):
+        token = tokens[index]
+        if token[0] != '"' and "@" in token:
+            split_token = index
+            break
+    if split_token == -1:
+        local_tokens, domain_text = tokens, None
     else:
-        local_text, domain_text = path[:split_at], path[split_at + 1 :]
-    local_chars = [char for index, char in pieces if split_at == -1 or index < split_at]
-    local = "".join(local_chars)
+        token = tokens[split_token]
+        at = token.rfind("@")
+        local_tokens = [*tokens[:split_token], token[:at]] if at else tokens[:split_token]
+        domain_text = token[at + 1 :] + "".join(tokens[split_token + 1 :])
+
+    pieces: list[str] = []
+    for token in local_tokens:
+        if token[0] == '"':
+            inner = token[1:-1]
+            pieces.append(_UNESCAPE.sub(r"\1", inner) if "\\" in inner else inner)
+        else:
+            bad = _BAD_UNQUOTED.search(token)
+            if bad is not None:
+                char = bad.group()
+                if char.isspace():
+                    return _bad(text, "whitespace outside quotes")
+                return _bad(text, f"invalid character {char!r} outside quotes")
+            pieces.append(token)
+    local = "".join(pieces)
+    local_text = "".join(local_tokens)
     if _octets(local_text) > MAX_LOCAL_PART_OCTETS:
         return _bad(text, f"local part longer than {MAX_LOCAL_PART_OCTETS} octets")
-    routed = _ROUTING.search(local) is not None
+    routed = "@" in local or "%" in local or "!" in local
 
     if domain_text is None:
-        if not local:
+        if not local_text:
             return _bad(text, "empty address")
-        return Address(text, local, "", routed, None)
+        return _new(Address, (text, local, "", routed, None))
     if not domain_text:
         return _bad(text, "nothing after '@'")
     if not local_text:
@@ -186,4 +207,4 @@ def _parse_slow(text: str) -> Address:
             canonical = normalize_domain(domain_text)
     except DomainError as exc:
         return _bad(text, str(exc))
-    return Address(text, local, canonical, routed, None)
+    return _new(Address, (text, local, canonical, routed, None))

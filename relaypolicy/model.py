@@ -103,6 +103,8 @@ def defer(code: int, status: str, text: str, policy: str, reason: str) -> Decisi
 def _port(value: int | str | None, field: str) -> int:
     if value is None or value == "":
         return 0
+    if type(value) is int and 0 <= value <= 65535:
+        return value
     if isinstance(value, bool):
         raise ValueError(f"{field}: not a port number: {value!r}")
     if isinstance(value, str):
@@ -180,7 +182,7 @@ class Request(_RequestFields):
         ccert_pubkey_fingerprint: str = "",
     ) -> Request:
         try:
-            ip = parse_ip(client_address)
+            address, ip, version, value = parse_ip(client_address)
         except (ValueError, TypeError):
             raise ValueError(
                 f"client_address: not an IPv4 or IPv6 address: {client_address!r}"
@@ -192,20 +194,17 @@ class Request(_RequestFields):
                 raise ValueError(
                     f"server_address: not an IPv4 or IPv6 address: {server_address!r}"
                 ) from None
-        if type(client_port) is not int:
+        if client_port != 0 or server_port != 0:  # both unknown is the common case
             client_port = _port(client_port, "client_port")
-        if type(server_port) is not int:
             server_port = _port(server_port, "server_port")
-        elif not 0 <= server_port <= 65535:
-            _port(server_port, "server_port")
-        if not isinstance(recipient, str):
-            raise TypeError(f"recipient: expected str, got {type(recipient).__name__}")
-        if not isinstance(sender, str):
-            raise TypeError(f"sender: expected str, got {type(sender).__name__}")
+        if recipient.__class__ is not str or sender.__class__ is not str:
+            for field, text in (("recipient", recipient), ("sender", sender)):
+                if not isinstance(text, str):
+                    raise TypeError(f"{field}: expected str, got {type(text).__name__}")
         return _new(
             cls,
             (
-                ip.text,
+                address,
                 recipient,
                 sender,
                 helo_name,
@@ -220,9 +219,9 @@ class Request(_RequestFields):
                 ccert_subject,
                 ccert_fingerprint,
                 ccert_pubkey_fingerprint,
-                ip.ip,
-                ip.version,
-                ip.value,
+                ip,
+                version,
+                value,
                 parse_address(recipient),
                 _NULL_SENDER if not sender else parse_address(sender),
             ),

@@ -90,7 +90,7 @@ class NetworkSet:
     distinct prefix length in use, so the cost does not grow with the number of blocks.
     """
 
-    __slots__ = ("_buckets", "networks")
+    __slots__ = ("_v4", "_v6", "networks")
 
     def __init__(self, networks: Iterable[str | IPNetwork]) -> None:
         parsed: list[IPNetwork] = []
@@ -104,15 +104,25 @@ class NetworkSet:
             buckets.setdefault((net.version, shift), set()).add(
                 int(net.network_address) >> shift
             )
-        self._buckets: tuple[tuple[int, int, frozenset[int]], ...] = tuple(
-            (version, shift, frozenset(values))
-            for (version, shift), values in sorted(buckets.items())
+        ordered = sorted(buckets.items())
+        self._v4: tuple[tuple[int, frozenset[int]], ...] = tuple(
+            (shift, frozenset(values)) for (version, shift), values in ordered if version == 4
         )
+        self._v6: tuple[tuple[int, frozenset[int]], ...] = tuple(
+            (shift, frozenset(values)) for (version, shift), values in ordered if version == 6
+        )
+
+    def buckets(
+        self,
+    ) -> tuple[tuple[tuple[int, frozenset[int]], ...], tuple[tuple[int, frozenset[int]], ...]]:
+        """The IPv4 and IPv6 (shift, network values) buckets, for callers that inline
+        :meth:`contains` on a hot path."""
+        return self._v4, self._v6
 
     def contains(self, version: int, value: int) -> bool:
         """Whether the address (as :class:`ParsedIp` version and value) is in a block."""
-        for bucket_version, shift, values in self._buckets:
-            if bucket_version == version and (value >> shift) in values:
+        for shift, values in self._v4 if version == 4 else self._v6:
+            if (value >> shift) in values:
                 return True
         return False
 

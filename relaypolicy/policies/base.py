@@ -24,10 +24,8 @@ class Policy(Protocol):
     def check(self, request: Request) -> Decision: ...
 
 
-def _bracketed(recipient: str) -> str:
-    if recipient.startswith("<") and recipient.endswith(">"):
-        return recipient
-    return f"<{recipient}>"
+_new = tuple.__new__
+_REJECT = Verdict.REJECT
 
 
 def relay_access_denied(request: Request, policy: str, reason: str) -> Decision:
@@ -36,14 +34,14 @@ def relay_access_denied(request: Request, policy: str, reason: str) -> Decision:
     Only called for recipients that passed the syntax check, so the text holds no control
     characters (no reply injection).
     """
-    return Decision(
-        Verdict.REJECT,
-        554,
-        "5.7.1",
-        f"{_bracketed(request.recipient)}: Relay access denied",
-        policy,
-        reason,
-    )
+    recipient = request.recipient
+    if recipient[:1] == "<" and recipient[-1:] == ">":
+        text = f"{recipient}: Relay access denied"
+    else:
+        text = f"<{recipient}>: Relay access denied"
+    # tuple.__new__ skips the Python-level NamedTuple constructor: this is the hot path of
+    # every refused relay attempt.
+    return _new(Decision, (_REJECT, 554, "5.7.1", text, policy, reason))
 
 
 def bad_recipient_syntax(policy: str) -> Decision:

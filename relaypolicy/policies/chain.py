@@ -9,6 +9,8 @@ from relaypolicy.policies.base import Policy, bad_recipient_syntax, relay_access
 
 __all__ = ["FirstMatch"]
 
+_NEXT = Verdict.NEXT
+
 
 class FirstMatch:
     """Evaluate policies in order; the first verdict other than NEXT is the decision.
@@ -61,11 +63,12 @@ class FirstMatch:
         return default.check
 
     def check(self, request: Request) -> Decision:
-        if request.recipient_address.error is not None or not request.recipient:
+        recipient = request.recipient_address
+        if recipient.error is not None or (not recipient.domain and not recipient.local_part):
             return self._syntax
         for check in self._checks:
             decision = check(request)
-            if decision.verdict is not Verdict.NEXT:
+            if decision[0] is not _NEXT:  # decision.verdict, without the attribute lookup
                 return decision
         return self._default(request)
 

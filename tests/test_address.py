@@ -1,0 +1,237 @@
+"""Recipient analysis, table-driven: every form of the core issue and nmap's 16 relay probes.
+
+Each row is (recipient as the client gives it, expected verdict, expected reason) for
+``LocalDomainOnly`` with the domains below, asked on behalf of an untrusted client.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from relaypolicy import LocalDomainOnly, Request, Verdict, parse_address
+
+LOCAL = ["local.test", "xn--r8jz45g.jp", "[192.0.2.1]", "[IPv6:2001:db8::1]"]
+RELAY = ["relay.test"]
+POLICY = LocalDomainOnly(LOCAL, relay_domains=RELAY)
+
+A, R = Verdict.ACCEPT, Verdict.REJECT
+FOREIGN = "relaytest@nmap.scanme.org"
+
+# fmt: off
+CASES: list[tuple[str, Verdict, str]] = [
+    # Plain local, relay and foreign destinations.
+    ("user@local.test", A, "local"),
+    ("<user@local.test>", A, "local"),
+    ("USER@LOCAL.TEST", A, "local"),
+    ("user@Local.Test.", A, "local"),
+    ("first.last+tag@local.test", A, "local"),
+    ("o'brien@local.test", A, "local"),
+    ("user@relay.test", A, "relay-domain"),
+    ("user@mx.relay.test", A, "relay-domain"),
+    ("user@a.b.relay.test", A, "relay-domain"),
+    ("user@sub.local.test", R, "not-local"),  # local domains match exactly
+    ("user@notrelay.test", R, "not-local"),
+    ("user@relay.test.evil", R, "not-local"),
+    ("user@local.test.evil.example", R, "not-local"),
+    ("user@evil-local.test", R, "not-local"),
+    ("yoshino_yomogiya@aho.jp", R, "not-local"),
+    ("user@localtest", R, "not-local"),
+    # Sender-specified routing (RFC 5321 appendix C / RFC 1123 percent hack, bang paths).
+    ("user%aho.jp@local.test", R, "routing"),
+    ("user%aho.jp@relay.test", R, "routing"),
+    ("user%local.test@local.test", R, "routing"),  # Postfix may accept; we are stricter
+    ("aho.jp!user@local.test", R, "routing"),
+    ("aho.jp!user@relay.test", R, "routing"),
+    ('"user@aho.jp"@local.test', R, "routing"),
+    ('"user%aho.jp"@local.test', R, "routing"),
+    ('"aho.jp!user"@local.test', R, "routing"),
+    ("user@aho.jp@local.test", R, "routing"),
+    ('"user"@aho.jp@local.test', R, "routing"),
+    ('"user\\@aho.jp"@local.test', R, "routing"),
+    ('"us\\"er@aho.jp"@local.test', R, "routing"),
+    ("user%aho.jp%other.example@local.test", R, "routing"),
+    ("a!b!user@local.test", R, "routing"),
+    ('"user%aho.jp"', R, "routing"),
+    ("aho.jp!user", R, "routing"),
+    ("user%aho.jp", R, "routing"),
+    ("USER%AHO.JP@LOCAL.TEST", R, "routing"),
+    # Source routes are stripped: the destination is the final mailbox.
+    ("@relay.test:user@local.test", A, "local"),
+    ("<@a.example,@b.example:user@local.test>", A, "local"),
+    ("@local.test:user@aho.jp", R, "not-local"),
+    ("<@local.test:user@aho.jp>", R, "not-local"),
+    ("@local.test:user%aho.jp@local.test", R, "routing"),
+    ("@local.test", R, "syntax"),
+    ("@local.test:", R, "syntax"),
+    # Internationalised domains: U-labels and A-labels are one domain.
+    ("user@例え.jp", A, "local"),
+    ("user@xn--r8jz45g.jp", A, "local"),
+    ("user@XN--R8JZ45G.JP", A, "local"),
+    ("user@例え.JP.", A, "local"),
+    ("ユーザー@例え.jp", A, "local"),  # SMTPUTF8 local part
+    ("user@例え.jp.evil", R, "not-local"),
+    ("user@lоcal.test", R, "not-local"),  # Cyrillic "о": a look-alike is another domain
+    ("user@еxample.jp", R, "not-local"),
+    ("user@lo\u200bcal.test", R, "syntax"),  # zero-width space: UTS 46 would drop it
+    ("user@lo\u00adcal.test", R, "syntax"),  # soft hyphen
+    ("user@local\u200d.test", R, "syntax"),  # zero-width joiner
+    ("user@local.test\ufeff", R, "syntax"),  # BOM
+    ("user@例\ufe0fえ.jp", R, "syntax"),  # variation selector
+    ("user@xn--zz.jp", R, "syntax"),  # invalid A-label
+    # Address literals.
+    ("user@[192.0.2.1]", A, "local"),
+    ("user@[IPv6:2001:db8::1]", A, "local"),
+    ("user@[ipv6:2001:DB8:0:0::1]", A, "local"),
+    ("user@[IPv6:::ffff:192.0.2.1]", A, "local"),  # IPv4-mapped folds to the IPv4 literal
+    ("user@[192.0.2.2]", R, "not-local"),
+    ("user@[127.0.0.1]", R, "not-local"),
+    ("user@[321.1.2.3]", R, "syntax"),
+    ("user@[192.0.2]", R, "syntax"),
+    ("user@[192.0.2.1", R, "syntax"),
+    ("user@[2001:db8::1]", R, "syntax"),  # IPv6 without the IPv6: tag
+    ("user@[x-tag:whatever]", R, "syntax"),
+    ("user@192.0.2.1", R, "syntax"),  # bare IP address
+    ("user@1234", R, "syntax"),
+    # Domainless: only postmaster is local (RFC 5321 section 4.5.1).
+    ("postmaster", A, "local"),
+    ("Postmaster", A, "local"),
+    ("POSTMASTER", A, "local"),
+    ("<postmaster>", A, "local"),
+    ("user", R, "not-local"),
+    ("abuse", R, "not-local"),
+    # Quoted local parts that are not routed.
+    ('"saya yomogi"@local.test', A, "local"),
+    ('"user"@local.test', A, "local"),
+    ('"a\\"b"@local.test', A, "local"),
+    ('""@local.test', A, "local"),
+    ('"saya yomogi"@aho.jp', R, "not-local"),
+    # Syntax errors: 501 5.1.3.
+    ("", R, "syntax"),
+    ("<>", R, "syntax"),
+    ("user@", R, "syntax"),
+    ("@", R, "syntax"),
+    ("user@@local.test", R, "routing"),
+    ("user@local..test", R, "syntax"),
+    ("user@.local.test", R, "syntax"),
+    ("user@local.test..", R, "syntax"),
+    ("user@-local.test", R, "syntax"),
+    ("user@local_test.example", R, "syntax"),
+    ("user@local.test ", R, "syntax"),
+    (" user@local.test", R, "syntax"),
+    ("us er@local.test", R, "syntax"),
+    ("user@local.test\r\nRCPT TO:<x@aho.jp>", R, "syntax"),
+    ("user\x00@local.test", R, "syntax"),
+    ("user@local.test\x00", R, "syntax"),
+    ("user\x7f@local.test", R, "syntax"),
+    ("us\u3000er@local.test", R, "syntax"),  # ideographic space
+    ('"unterminated@local.test', R, "syntax"),
+    ("user\\@aho.jp@local.test", R, "syntax"),  # backslash outside quotes
+    ("user(comment)@local.test", R, "syntax"),
+    ("<user@local.test", R, "syntax"),
+    ('user@"local.test"', R, "syntax"),
+    ("user@local.test>", R, "syntax"),
+    ("u" * 65 + "@local.test", R, "syntax"),
+    ("u" * 64 + "@local.test", A, "local"),
+    ("user@" + "a" * 64 + ".test", R, "syntax"),
+    ("user@" + "a" * 63 + ".local.test", R, "not-local"),
+    ("u@" + ".".join(["abcdefghi"] * 25) + ".test", R, "syntax"),  # path over 256 octets
+    ("user@[192.0.2.1]\ud800", R, "syntax"),  # lone surrogate
+]
+
+# nmap's smtp-open-relay.nse probes, with DOMAIN = local.test and IP = 192.0.2.1, both local.
+NMAP_PROBES: list[tuple[str, Verdict, str]] = [
+    (FOREIGN, R, "not-local"),                            # 1: MAIL FROM:<>
+    (FOREIGN, R, "not-local"),                            # 2: from antispam@nmap.scanme.org
+    (FOREIGN, R, "not-local"),                            # 3: from antispam@DOMAIN
+    (FOREIGN, R, "not-local"),                            # 4: from antispam@[IP]
+    ("relaytest%nmap.scanme.org@[192.0.2.1]", R, "routing"),    # 5
+    ("relaytest%nmap.scanme.org@local.test", R, "routing"),     # 6
+    ('"relaytest@nmap.scanme.org"', R, "routing"),              # 7
+    ('"relaytest%nmap.scanme.org"', R, "routing"),              # 8
+    ("relaytest@nmap.scanme.org@[192.0.2.1]", R, "routing"),    # 9
+    ('"relaytest@nmap.scanme.org"@[192.0.2.1]', R, "routing"),  # 10
+    ("relaytest@nmap.scanme.org@local.test", R, "routing"),     # 11
+    ("@[192.0.2.1]:relaytest@nmap.scanme.org", R, "not-local"),  # 12
+    ("@local.test:relaytest@nmap.scanme.org", R, "not-local"),   # 13
+    ("nmap.scanme.org!relaytest", R, "routing"),                # 14
+    ("nmap.scanme.org!relaytest@[192.0.2.1]", R, "routing"),    # 15
+    ("nmap.scanme.org!relaytest@local.test", R, "routing"),     # 16
+]
+NMAP_SENDERS = ["", "antispam@nmap.scanme.org", "antispam@local.test"] + ["antispam@[192.0.2.1]"] * 13
+# fmt: on
+
+
+def _decide(recipient: str, sender: str = "") -> tuple[Verdict, str, str]:
+    decision = POLICY.check(
+        Request(client_address="203.0.113.7", recipient=recipient, sender=sender)
+    )
+    return decision.verdict, decision.reason, str(decision)
+
+
+def test_table_is_large_enough() -> None:
+    assert len(CASES) + len(NMAP_PROBES) >= 80
+    assert len({case[0] for case in CASES}) == len(CASES), "duplicate rows"
+
+
+@pytest.mark.parametrize(("recipient", "verdict", "reason"), CASES, ids=repr)
+def test_recipient(recipient: str, verdict: Verdict, reason: str) -> None:
+    got_verdict, got_reason, reply = _decide(recipient)
+    assert (got_verdict, got_reason) == (verdict, reason), reply
+    if reason == "syntax":
+        assert reply == "501 5.1.3 Bad recipient address syntax"
+    elif verdict is Verdict.REJECT:
+        assert reply.startswith("554 5.7.1 <")
+        assert reply.endswith(">: Relay access denied")
+    else:
+        assert reply == "250 2.1.5 Ok"
+
+
+@pytest.mark.parametrize(
+    ("number", "probe", "sender"),
+    [(n + 1, probe, NMAP_SENDERS[n]) for n, probe in enumerate(NMAP_PROBES)],
+)
+def test_nmap_relay_probe(number: int, probe: tuple[str, Verdict, str], sender: str) -> None:
+    recipient, verdict, reason = probe
+    assert _decide(recipient, sender)[:2] == (verdict, reason), f"nmap probe {number}"
+
+
+def test_relay_denied_reply_names_the_recipient() -> None:
+    assert _decide("yoshino_yomogiya@aho.jp")[2] == (
+        "554 5.7.1 <yoshino_yomogiya@aho.jp>: Relay access denied"
+    )
+    assert _decide("<yoshino_yomogiya@aho.jp>")[2] == (
+        "554 5.7.1 <yoshino_yomogiya@aho.jp>: Relay access denied"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "local_part", "domain", "routed"),
+    [
+        ("user@Example.ORG.", "user", "example.org", False),
+        ('"saya yomogi"@example.org', "saya yomogi", "example.org", False),
+        ('"user@aho.jp"@example.org', "user@aho.jp", "example.org", True),
+        ("user@aho.jp@example.org", "user@aho.jp", "example.org", True),
+        ("@a,@b:user@dom.example", "user", "dom.example", False),
+        ("user@例え.jp", "user", "xn--r8jz45g.jp", False),
+        ("user@[IPv6:2001:DB8::1]", "user", "[ipv6:2001:db8::1]", False),
+        ("Postmaster", "Postmaster", "", False),
+        ('"a\\\\b"@x.example', "a\\b", "x.example", False),
+    ],
+)
+def test_parse_address_fields(text: str, local_part: str, domain: str, routed: bool) -> None:
+    address = parse_address(text)
+    assert address.error is None
+    assert (address.local_part, address.domain, address.routed) == (local_part, domain, routed)
+
+
+def test_null_address_is_valid_but_empty() -> None:
+    for text in ("", "<>"):
+        address = parse_address(text)
+        assert address.valid
+        assert (address.local_part, address.domain) == ("", "")
+
+
+def test_error_says_why() -> None:
+    assert "control character" in (parse_address("a\x00@b.example").error or "")
+    assert "longer than 64" in (parse_address("u" * 65 + "@b.example").error or "")
+    assert "nothing after" in (parse_address("user@").error or "")

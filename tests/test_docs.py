@@ -1,0 +1,41 @@
+"""The examples in README.md and docs/ run and print what their comments say."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+PRINTED = re.compile(r"^\s*print\(.*\)\s*# (.*)$")
+PRINTS = re.compile(r"^# prints: (.*)$", re.MULTILINE)
+
+
+def python_blocks() -> list[tuple[str, int, str]]:
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for number, block in enumerate(BLOCK.findall(path.read_text(encoding="utf-8"))):
+            found.append((path.name, number, block))
+    return found
+
+
+@pytest.mark.parametrize(("name", "number", "code"), python_blocks())
+def test_example_runs_and_prints_what_it_says(name: str, number: int, code: str) -> None:
+    expected = [m.group(1).strip() for line in code.splitlines() if (m := PRINTED.match(line))]
+    for listed in PRINTS.findall(code):
+        expected += [part.strip() for part in listed.split("|")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, f"{name}#{number}", "exec"), {})  # noqa: S102 - our own docs
+    if expected:
+        assert [line.strip() for line in out.getvalue().splitlines()] == expected
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "<!-- test-command -->" in readme
+    assert "sed -n '/<!-- test-command -->/" in (ROOT / ".ci" / "run").read_text()
