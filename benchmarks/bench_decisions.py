@@ -27,9 +27,13 @@ TRUSTED = ["192.0.2.0/24", "10.0.0.0/8", "2001:db8::/48"]
 def make_workload(count: int, seed: int) -> list[tuple[str, str]]:
     """(client_address, recipient) pairs; recipients are all distinct."""
     rng = random.Random(seed)
-    foreign = [f"{rng.choice(['mx', 'mail', 'smtp', ''])}{i}.example{i % 7}.com" for i in range(2000)]
+    foreign = [
+        f"{rng.choice(['mx', 'mail', 'smtp', ''])}{i}.example{i % 7}.com" for i in range(2000)
+    ]
     clients = [f"203.0.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(4000)]
-    clients += [f"2001:db8:{rng.randrange(1 << 16):x}::{rng.randrange(1 << 16):x}" for _ in range(500)]
+    clients += [
+        f"2001:db8:{rng.randrange(1 << 16):x}::{rng.randrange(1 << 16):x}" for _ in range(500)
+    ]
     clients += [f"192.0.2.{i}" for i in range(1, 50)] + [f"10.1.{i}.1" for i in range(50)]
     pairs: list[tuple[str, str]] = []
     for i in range(count):
@@ -43,8 +47,12 @@ def make_workload(count: int, seed: int) -> list[tuple[str, str]]:
             recipient = f"{user}@{rng.choice(foreign)}"
         elif roll < 0.95:
             recipient = rng.choice(
-                [f"{user}%aho.jp@example.org", f"aho.jp!{user}@example.org",
-                 f'"{user}@aho.jp"@example.org', f"<@relay.example:{user}@example.org>"]
+                [
+                    f"{user}%aho.jp@example.org",
+                    f"aho.jp!{user}@example.org",
+                    f'"{user}@aho.jp"@example.org',
+                    f"<@relay.example:{user}@example.org>",
+                ]
             )
         elif roll < 0.98:
             recipient = f"{user}@例え.jp"

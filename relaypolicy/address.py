@@ -34,7 +34,9 @@ MAX_LOCAL_PART_OCTETS = 64  # RFC 5321 section 4.5.3.1.1
 MAX_PATH_OCTETS = 256  # RFC 5321 section 4.5.3.1.3, angle brackets included
 
 # RFC 5322 atext, plus "." for dot-strings. "%" and "!" are atext, hence the routing check.
-_ATEXT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&'*+/=?^_`{|}~%.-")
+_ATEXT_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&'*+/=?^_`{|}~%.-"
+)
 
 
 class Address(NamedTuple):
@@ -115,7 +117,7 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[^"]+|"', re.DOTALL)
 _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Outside quotes: RFC 5322 specials other than "@" and ".", backslash, and any whitespace.
-_BAD_UNQUOTED = re.compile(r'[\s\\()<>,;:\[\]]')
+_BAD_UNQUOTED = re.compile(r"[\s\\()<>,;:\[\]]")
 
 
 def _parse_slow(text: str) -> Address:

@@ -246,7 +246,7 @@ class Request(_RequestFields):
     _replace = replace
 
     @classmethod
-    def _make(cls, iterable: Any) -> Request:
+    def _make(cls, iterable: Any) -> Request:  # type: ignore[override]
         raise TypeError("build a Request with keyword arguments")
 
     def __repr__(self) -> str:

@@ -101,9 +101,7 @@ class NetworkSet:
         for net in parsed:
             bits = 32 if net.version == 4 else 128
             shift = bits - net.prefixlen
-            buckets.setdefault((net.version, shift), set()).add(
-                int(net.network_address) >> shift
-            )
+            buckets.setdefault((net.version, shift), set()).add(int(net.network_address) >> shift)
         ordered = sorted(buckets.items())
         self._v4: tuple[tuple[int, frozenset[int]], ...] = tuple(
             (shift, frozenset(values)) for (version, shift), values in ordered if version == 4

@@ -157,7 +157,8 @@ NMAP_PROBES: list[tuple[str, Verdict, str]] = [
     ("nmap.scanme.org!relaytest@[192.0.2.1]", R, "routing"),    # 15
     ("nmap.scanme.org!relaytest@local.test", R, "routing"),     # 16
 ]
-NMAP_SENDERS = ["", "antispam@nmap.scanme.org", "antispam@local.test"] + ["antispam@[192.0.2.1]"] * 13
+NMAP_SENDERS = ["", "antispam@nmap.scanme.org", "antispam@local.test"]
+NMAP_SENDERS += ["antispam@[192.0.2.1]"] * 13
 # fmt: on
 
 

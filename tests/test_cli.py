@@ -83,8 +83,17 @@ def test_bad_configuration_exits_64(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["check", "--local-domain", "a..b", "--client-address", "10.0.0.1", "--recipient", "u"]
     assert main(args) == 64
     assert "bad domain 'a..b'" in capsys.readouterr().err
-    args = ["check", "--local-domain", "a.test", "--trusted-network", "10.0.0.1/8",
-            "--client-address", "10.0.0.1", "--recipient", "u@a.test"]
+    args = [
+        "check",
+        "--local-domain",
+        "a.test",
+        "--trusted-network",
+        "10.0.0.1/8",
+        "--client-address",
+        "10.0.0.1",
+        "--recipient",
+        "u@a.test",
+    ]
     assert main(args) == 64
     assert "--trusted-network" in capsys.readouterr().err
 
@@ -97,15 +106,27 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_installed_console_script() -> None:
     """The entry point a user runs, in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-m", "relaypolicy", *BASE, "--client-address", "::ffff:203.0.113.7",
-         "--recipient", "yoshino_yomogiya@aho.jp"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "relaypolicy",
+            *BASE,
+            "--client-address",
+            "::ffff:203.0.113.7",
+            "--recipient",
+            "yoshino_yomogiya@aho.jp",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 1
     assert done.stdout.startswith("554 5.7.1 <yoshino_yomogiya@aho.jp>: Relay access denied")
     helped = subprocess.run(
         [sys.executable, "-m", "relaypolicy", "check", "--help"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert helped.returncode == 0
     assert "Exit status" in helped.stdout

@@ -12,7 +12,7 @@ from relaypolicy.model import accept, defer, next_policy, reject
 
 def test_request_requires_keywords() -> None:
     with pytest.raises(TypeError):
-        Request("192.0.2.1", "user@example.org")  # type: ignore[misc]
+        Request("192.0.2.1", "user@example.org")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         Request(client_address="192.0.2.1")  # type: ignore[call-arg]
 
@@ -102,8 +102,12 @@ def test_requests_compare_by_value() -> None:
 
 def test_decision_reply_line() -> None:
     decision = Decision(
-        Verdict.REJECT, 554, "5.7.1", "<yoshino_yomogiya@aho.jp>: Relay access denied",
-        "LocalDomainOnly", "not-local",
+        Verdict.REJECT,
+        554,
+        "5.7.1",
+        "<yoshino_yomogiya@aho.jp>: Relay access denied",
+        "LocalDomainOnly",
+        "not-local",
     )
     assert str(decision) == "554 5.7.1 <yoshino_yomogiya@aho.jp>: Relay access denied"
     assert decision.reply == str(decision)

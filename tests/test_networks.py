@@ -48,9 +48,9 @@ def test_network_set_agrees_with_ipaddress(
     networks: list[int], prefixes: list[int], probe: ipaddress.IPv4Address | ipaddress.IPv6Address
 ) -> None:
     blocks = []
-    for value, prefix in zip(networks, prefixes, strict=False):
-        bits = 32 if value < 2**32 and prefix <= 32 else 128
-        prefix = min(prefix, bits)
+    for value, wanted in zip(networks, prefixes, strict=False):
+        bits = 32 if value < 2**32 and wanted <= 32 else 128
+        prefix = min(wanted, bits)
         address = ipaddress.ip_address(value) if bits == 32 else ipaddress.IPv6Address(value)
         blocks.append(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
     blocks = [b for b in blocks if not (b.version == 6 and b.network_address.ipv4_mapped)]

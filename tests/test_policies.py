@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -59,7 +60,9 @@ def test_trusted_networks(client: str, verdict: Verdict) -> None:
     decision = trusted.check(req("user@aho.jp", client))
     assert decision.verdict is verdict
     assert decision.policy == "TrustedNetworks"
-    assert decision.reason == ("trusted-network" if verdict is Verdict.ACCEPT else "untrusted-network")
+    assert decision.reason == (
+        "trusted-network" if verdict is Verdict.ACCEPT else "untrusted-network"
+    )
 
 
 def test_trusted_networks_accepts_mapped_ipv6_block() -> None:
@@ -68,14 +71,14 @@ def test_trusted_networks_accepts_mapped_ipv6_block() -> None:
 
 
 def test_trusted_networks_rejects_bad_cidr() -> None:
-    with pytest.raises(ValueError, match="not a CIDR network: '10.0.0.1/8'"):
+    with pytest.raises(ValueError, match=re.escape("not a CIDR network: '10.0.0.1/8'")):
         TrustedNetworks(["10.0.0.1/8"])
     with pytest.raises(TypeError):
         TrustedNetworks("10.0.0.0/8")
 
 
 def test_local_domain_only_rejects_bad_domain_config() -> None:
-    with pytest.raises(DomainError, match="bad domain 'local..test'"):
+    with pytest.raises(DomainError, match=re.escape("bad domain 'local..test'")):
         LocalDomainOnly(["local..test"])
     with pytest.raises(TypeError):
         LocalDomainOnly("local.test")
@@ -142,8 +145,17 @@ def test_first_match_rejects_non_policies() -> None:
 
 # A configured domain, written in any of the ways that mean it.
 configured = st.sampled_from(
-    ["local.test", "LOCAL.test", "local.test.", "例え.jp", "xn--r8jz45g.jp", "[192.0.2.1]",
-     "relay.test", "mx.relay.test", "Relay.Test."]
+    [
+        "local.test",
+        "LOCAL.test",
+        "local.test.",
+        "例え.jp",
+        "xn--r8jz45g.jp",
+        "[192.0.2.1]",
+        "relay.test",
+        "mx.relay.test",
+        "Relay.Test.",
+    ]
 )
 atom_chars = string.ascii_letters + string.digits + "!#$&'*+/=?^_`{|}~-."
 atoms = st.text(alphabet=atom_chars + "é日", min_size=0, max_size=12)
@@ -186,18 +198,26 @@ def _is_configured(domain: str) -> bool:
         canonical = normalize_domain(domain)
     except DomainError:
         return False
-    return canonical in {"local.test", "xn--r8jz45g.jp"} or canonical == "relay.test" or (
-        canonical.endswith(".relay.test")
+    return (
+        canonical in {"local.test", "xn--r8jz45g.jp"}
+        or canonical == "relay.test"
+        or (canonical.endswith(".relay.test"))
     )
 
 
 domains = st.one_of(
     st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]{1,8}){1,3}", fullmatch=True),
     st.text(min_size=1, max_size=30),
-    st.builds(lambda a, b: a + b, st.sampled_from(["local.test", "relay.test", "例え.jp"]),
-              st.text(max_size=5)),
-    st.builds(lambda a, b: a + b, st.text(max_size=5),
-              st.sampled_from(["local.test", "relay.test", "例え.jp"])),
+    st.builds(
+        lambda a, b: a + b,
+        st.sampled_from(["local.test", "relay.test", "例え.jp"]),
+        st.text(max_size=5),
+    ),
+    st.builds(
+        lambda a, b: a + b,
+        st.text(max_size=5),
+        st.sampled_from(["local.test", "relay.test", "例え.jp"]),
+    ),
 )
 
 
