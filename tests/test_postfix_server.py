@@ -1,0 +1,214 @@
+"""The asyncio policy server over real loopback and unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from relaypolicy import FirstMatch, LocalDomainOnly, TrustedNetworks
+from relaypolicy.model import Decision, Request
+from relaypolicy.postfix.server import Listener, PolicyServer, ServerSettings, parse_listener
+
+POLICY = FirstMatch(TrustedNetworks(["192.0.2.0/24"]), LocalDomainOnly(["local.test"]))
+
+
+def request_bytes(recipient: str, client: str = "203.0.113.7", state: str = "RCPT") -> bytes:
+    return (
+        f"request=smtpd_access_policy\nprotocol_state={state}\n"
+        f"client_address={client}\nrecipient={recipient}\n\n"
+    ).encode()
+
+
+@asynccontextmanager
+async def running(
+    settings: ServerSettings | None = None, listeners: list[Listener] | None = None
+) -> AsyncIterator[tuple[PolicyServer, str, int]]:
+    server = PolicyServer(POLICY, settings)
+    bound = await server.start(listeners or [Listener(host="127.0.0.1", port=0)])
+    host, port = "127.0.0.1", int(bound[0].rsplit(":", 1)[1]) if bound[0].startswith("inet") else 0
+    try:
+        yield server, host, port
+    finally:
+        await server.close(grace=2)
+
+
+async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> bytes:
+    writer.write(data)
+    await writer.drain()
+    return await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro())  # type: ignore[arg-type]
+
+
+def test_answers_many_requests_on_one_connection() -> None:
+    async def scenario() -> None:
+        async with running() as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await ask(reader, writer, request_bytes("u@local.test")) == b"action=OK\n\n"
+            assert await ask(reader, writer, request_bytes("u@aho.jp")) == (
+                b"action=554 5.7.1 Relay access denied\n\n"
+            )
+            assert await ask(reader, writer, request_bytes("u@aho.jp", "192.0.2.5")) == (
+                b"action=OK\n\n"
+            )
+            assert await ask(reader, writer, request_bytes("u@aho.jp", state="MAIL")) == (
+                b"action=DUNNO\n\n"
+            )
+            # Two requests in one write: two answers, in order.
+            writer.write(request_bytes("u%aho.jp@local.test") + request_bytes("u@local.test"))
+            first = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+            second = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+            assert (first, second) == (
+                b"action=554 5.7.1 Relay access denied\n\n",
+                b"action=OK\n\n",
+            )
+            writer.close()
+            assert server.counters["requests"] == 6
+            assert server.counters["reason:routing"] == 1
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"request=smtpd_access_policy\nthis line has no equals\n\n",
+        b"request=smtpd_access_policy\nrecipient=a\x00@b\n\n",
+        b"request=smtpd_access_policy\nrecipient=" + b"x" * 10000 + b"\n",
+        b"request=smtpd_access_policy\nrecipient=\xc3\x28@b\n\n",
+        b"request=something_else\nrecipient=a@b\n\n",
+    ],
+)
+def test_bad_input_closes_only_that_connection(
+    bad: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with running() as (server, host, port):
+            good_reader, good_writer = await asyncio.open_connection(host, port)
+            assert await ask(good_reader, good_writer, request_bytes("u@local.test")) == (
+                b"action=OK\n\n"
+            )
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(bad)
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no answer
+            assert await ask(good_reader, good_writer, request_bytes("u@aho.jp")) == (
+                b"action=554 5.7.1 Relay access denied\n\n"
+            )
+            good_writer.close()
+            assert server.counters["protocol-errors"] == 1
+
+    with caplog.at_level(logging.WARNING, logger="relaypolicy.serve"):
+        run(scenario)
+    assert any(
+        "protocol error" in r.getMessage() and "127.0.0.1:" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_client_stopping_mid_request_is_closed(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with running(ServerSettings(idle_timeout=0.3)) as (_, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"request=smtpd_access_policy\nrecipient=u@local.test\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+
+    with caplog.at_level(logging.WARNING, logger="relaypolicy.serve"):
+        run(scenario)
+    assert any("middle of a request" in r.getMessage() for r in caplog.records)
+
+
+def test_connection_limit() -> None:
+    async def scenario() -> None:
+        async with running(ServerSettings(max_connections=2)) as (server, host, port):
+            held = [await asyncio.open_connection(host, port) for _ in range(2)]
+            for reader, writer in held:
+                assert await ask(reader, writer, request_bytes("u@local.test")) == (
+                    b"action=OK\n\n"
+                )
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert server.counters["connections-refused"] == 1
+
+    run(scenario)
+
+
+def test_unix_socket_with_mode(tmp_path: Path) -> None:
+    path = tmp_path / "policy.sock"
+
+    async def scenario() -> None:
+        listener = Listener(path=str(path), mode=0o660)
+        async with running(listeners=[listener]):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            assert await ask(reader, writer, request_bytes("u@aho.jp")) == (
+                b"action=554 5.7.1 Relay access denied\n\n"
+            )
+            writer.close()
+        assert not path.exists()
+
+    run(scenario)
+
+
+def test_unusable_request_and_raising_policy_fail_closed() -> None:
+    class Broken:
+        name = "broken"
+
+        def check(self, request: Request) -> Decision:
+            raise RuntimeError("bug")
+
+    async def scenario() -> None:
+        async with running() as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            answer = await ask(reader, writer, request_bytes("u@local.test", client="unknown"))
+            assert answer.startswith(b"action=451 4.3.0 ")
+            server.policy = Broken()
+            answer = await ask(reader, writer, request_bytes("u@local.test"))
+            assert answer == b"action=451 4.3.0 Policy service error\n\n"
+            writer.close()
+
+    run(scenario)
+
+
+def test_close_answers_the_request_in_hand() -> None:
+    async def scenario() -> None:
+        server = PolicyServer(POLICY)
+        bound = await server.start([Listener(host="127.0.0.1", port=0)])
+        port = int(bound[0].rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_bytes("u@local.test") * 50)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)
+        await server.close(grace=2)
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert (first + rest).count(b"action=OK\n\n") == 50
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9998", Listener(host="127.0.0.1", port=9998)),
+        ("inet:[::1]:9998", Listener(host="::1", port=9998)),
+        ("unix:/run/relaypolicy.sock", Listener(path="/run/relaypolicy.sock")),
+    ],
+)
+def test_parse_listener(text: str, expected: Listener) -> None:
+    assert parse_listener(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["9998", "localhost:", ":25", "unix:relative", "1.2.3.4:99999"])
+def test_parse_listener_refuses(bad: str) -> None:
+    with pytest.raises(ValueError, match="listener"):
+        parse_listener(bad)
