@@ -9,17 +9,24 @@ from relaypolicy.domains import DomainError, DomainSet, normalize_domain
 from relaypolicy.model import Decision, Request, Verdict
 from relaypolicy.networks import NetworkSet, normalize_ip
 from relaypolicy.policies import (
+    ByServerPort,
+    ClientCertificate,
     FirstMatch,
     LocalDomainOnly,
     OpenRelay,
     Policy,
+    SmtpAuthRequired,
     TrustedNetworks,
+    mx_policy,
+    submission_policy,
 )
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Address",
+    "ByServerPort",
+    "ClientCertificate",
     "Decision",
     "DomainError",
     "DomainSet",
@@ -29,9 +36,12 @@ __all__ = [
     "OpenRelay",
     "Policy",
     "Request",
+    "SmtpAuthRequired",
     "TrustedNetworks",
     "Verdict",
     "normalize_domain",
+    "mx_policy",
     "normalize_ip",
     "parse_address",
+    "submission_policy",
 ]

@@ -174,8 +174,16 @@ def _parse_tokens(text: str, path: str) -> Address:
         domain_text = token[at + 1 :] + "".join(tokens[split_token + 1 :])
 
     pieces: list[str] = []
-    for token in local_tokens:
+    last = len(local_tokens) - 1
+    for index, token in enumerate(local_tokens):
         if token[0] == '"':
+            # A quoted string is a whole word (RFC 5321 Quoted-string, or a word of an
+            # obsolete "a"."b" dot-string): only a dot or an "@" may touch it, never
+            # other text (post"master", "us"er) and never another quoted string.
+            if index > 0 and local_tokens[index - 1][-1] not in ".@":
+                return _bad(text, "quoted string joined to other text")
+            if index < last and local_tokens[index + 1][0] not in ".@":
+                return _bad(text, "quoted string joined to other text")
             inner = token[1:-1]
             pieces.append(_UNESCAPE.sub(r"\1", inner) if "\\" in inner else inner)
         else:

@@ -88,11 +88,83 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--sender", default="", metavar="ADDRESS", help="the MAIL FROM address (default: <>)"
     )
+    check.add_argument(
+        "--config",
+        metavar="FILE",
+        help="decide with the chain of this TOML file instead of the options above",
+    )
+    for flag, help_text in (
+        ("--sasl-username", "the SMTP AUTH login, when the client authenticated"),
+        ("--server-port", "the port the client connected to (chooses a per-port chain)"),
+        ("--encryption-protocol", "the TLS protocol in use, e.g. TLSv1.3 (empty: no TLS)"),
+        ("--ccert-fingerprint", "the client certificate's SHA-256 fingerprint"),
+    ):
+        check.add_argument(flag, default="", help=help_text)
     check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the Postfix policy service",
+        description="Run the policy service Postfix asks through check_policy_service. "
+        "SIGTERM/SIGINT finish the requests in hand and exit 0; SIGHUP reloads the "
+        "configuration (a broken file is reported and the old policy keeps serving).",
+        epilog="main.cf: smtpd_relay_restrictions = check_policy_service "
+        "{ inet:127.0.0.1:9998, default_action=DEFER }, reject  (see docs/postfix.md)",
+    )
+    serve.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS",
+        help="listen here instead of serve.listen (HOST:PORT, [::1]:PORT or unix:/path; "
+        "repeat for more)",
+    )
+
+    config = commands.add_parser(
+        "config", help="validate a configuration file", description="Configuration tools."
+    )
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
+    config_check = config_commands.add_parser(
+        "check",
+        help="validate FILE and print the effective chain in words",
+        description="Validate FILE and print the effective chain in words. Exit status 0 "
+        "when valid, 1 when not (the error names the key).",
+    )
+    config_check.add_argument("file", metavar="FILE")
+
+    ctl = commands.add_parser(
+        "ctl",
+        help="talk to a running service through its control socket",
+        description="Send one command to the control socket (serve.control_socket) of a "
+        "running `relaypolicy serve` and print the JSON answer.",
+    )
+    ctl.add_argument("--socket", required=True, metavar="PATH", help="the control socket")
+    ctl_commands = ctl.add_subparsers(dest="ctl_command", metavar="ACTION")
+    ctl_commands.add_parser("table", help="list the live POP-before-SMTP table")
+    ctl_commands.add_parser("stats", help="show counters")
+    ctl_commands.add_parser("reload", help="reload the configuration")
+    ctl_add = ctl_commands.add_parser("add", help="allow an address to relay for a while")
+    ctl_add.add_argument("address")
+    ctl_add.add_argument("--ttl", type=float, help="seconds (default: the table's ttl)")
+    ctl_add.add_argument("--user", help="the login to record with it")
+    ctl_remove = ctl_commands.add_parser(
+        "remove", help="withdraw an address (e.g. a compromised one)"
+    )
+    ctl_remove.add_argument("address")
     return parser
 
 
 def _check_policy(args: argparse.Namespace) -> Policy:
+    if args.config:
+        if args.local_domain or args.relay_domain or args.trusted_network:
+            raise UsageError("give either --config or the domain/network options, not both")
+        from relaypolicy.config import ConfigError, load_config
+
+        try:
+            config = load_config(args.config)
+            return config.build_policy(config.make_pop_table())
+        except (ConfigError, OSError) as exc:
+            raise UsageError(str(exc)) from None
     if not args.local_domain and not args.relay_domain:
         raise UsageError("give at least one --local-domain (or --relay-domain)")
     try:
@@ -122,13 +194,88 @@ def _run_check(args: argparse.Namespace) -> int:
     policy = _check_policy(args)
     try:
         request = Request(
-            client_address=args.client_address, recipient=args.recipient, sender=args.sender
+            client_address=args.client_address,
+            recipient=args.recipient,
+            sender=args.sender,
+            sasl_username=args.sasl_username,
+            server_port=args.server_port or 0,
+            encryption_protocol=args.encryption_protocol,
+            ccert_fingerprint=args.ccert_fingerprint,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     decision = policy.check(request)
     _print_decision(decision, request, args.json)
     return EXIT_BY_VERDICT[decision.verdict]
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from relaypolicy.config import ConfigError
+    from relaypolicy.postfix.service import Service, configure_logging
+
+    async def serve() -> int:
+        try:
+            service = Service(args.config, listen=args.listen)
+        except (ConfigError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+        configure_logging(service.config.log.level, service.config.log.format)
+        try:
+            return await service.run()
+        except OSError as exc:
+            print(f"relaypolicy serve: cannot listen: {exc}", file=sys.stderr)
+            return 71  # EX_OSERR
+
+    return asyncio.run(serve())
+
+
+def _run_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from relaypolicy.config import ConfigError, load_config
+
+    if args.config_command != "check":
+        parser.error("config needs an action: check FILE")
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(config.describe())
+    return 0
+
+
+def _run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import socket
+
+    if args.ctl_command is None:
+        parser.error("ctl needs an action: table, add, remove, stats or reload")
+    message: dict[str, object] = {"command": args.ctl_command}
+    if args.ctl_command in ("add", "remove"):
+        message["address"] = args.address
+    if args.ctl_command == "add":
+        if args.ttl is not None:
+            message["ttl"] = args.ttl
+        if args.user is not None:
+            message["user"] = args.user
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(args.socket)
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError as exc:
+        raise UsageError(f"cannot talk to {args.socket}: {exc}") from None
+    try:
+        reply = json.loads(answer)
+    except ValueError:
+        raise UsageError(f"{args.socket}: not a relaypolicy control socket") from None
+    print(json.dumps(reply, indent=2, ensure_ascii=False))
+    return 0 if reply.get("ok") else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,6 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _run_check(args)
+        if args.command == "serve":
+            return _run_serve(args)
+        if args.command == "config":
+            return _run_config(args, parser)
+        if args.command == "ctl":
+            return _run_ctl(args, parser)
     except UsageError as exc:
         print(f"relaypolicy {args.command}: error: {exc}", file=sys.stderr)
         return EX_USAGE

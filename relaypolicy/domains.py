@@ -90,8 +90,18 @@ def normalize_domain(text: str) -> str:
     for char in domain:
         if not char.isascii() and _invisible(char):
             raise DomainError(f"invisible or control character U+{ord(char):04X} in domain")
+    lowered = domain.lower()
     try:
-        encoded = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+        mapped = idna.uts46_remap(lowered, std3_rules=False, transitional=False)
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise DomainError(f"invalid internationalised domain: {exc}") from None
+    if mapped != lowered:
+        # UTS 46 would fold this name onto another (full-width letters, "。" for ".",
+        # circled letters, decomposed accents). An MTA that only folds case sees a
+        # different domain, so two programs would disagree about whether it is ours.
+        raise DomainError("domain is not in normal form (UTS 46 would change it)")
+    try:
+        encoded = idna.encode(mapped, uts46=False).decode("ascii")
     except (idna.IDNAError, UnicodeError) as exc:
         raise DomainError(f"invalid internationalised domain: {exc}") from None
     return _check_ascii(encoded, text)

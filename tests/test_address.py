@@ -78,6 +78,11 @@ CASES: list[tuple[str, Verdict, str]] = [
     ("user@local.test\ufeff", R, "syntax"),  # BOM
     ("user@例\ufe0fえ.jp", R, "syntax"),  # variation selector
     ("user@xn--zz.jp", R, "syntax"),  # invalid A-label
+    ("user@ｌｏｃａｌ.test", R, "syntax"),  # full-width: UTS 46 maps, Postfix does not
+    ("user@local。test", R, "syntax"),  # ideographic full stop
+    ("user@例え.ｊｐ", R, "syntax"),
+    ("user@ⓛocal.test", R, "syntax"),  # circled letter
+    ("user@bu\u0308cher.test", R, "syntax"),  # decomposed accent
     # Address literals.
     ("user@[192.0.2.1]", A, "local"),
     ("user@[IPv6:2001:db8::1]", A, "local"),
@@ -104,6 +109,12 @@ CASES: list[tuple[str, Verdict, str]] = [
     ('"user"@local.test', A, "local"),
     ('"a\\"b"@local.test', A, "local"),
     ('""@local.test', A, "local"),
+    ('"user"."name"@local.test', A, "local"),  # obsolete but accepted by Postfix too
+    ('post"master"', R, "syntax"),  # a quoted string glued to text
+    ('us"er"@local.test', R, "syntax"),
+    ('"us"er@local.test', R, "syntax"),
+    ('"a"b"c"@local.test', R, "syntax"),
+    ('"a""b"@local.test', R, "syntax"),
     ('"saya yomogi"@aho.jp', R, "not-local"),
     # Syntax errors: 501 5.1.3.
     ("", R, "syntax"),

@@ -1,0 +1,113 @@
+"""Helpers for tests that start a real server (Postfix, Dovecot, Redis).
+
+The rule (DESIGN.md, "Real parts"): a test whose server cannot run here *skips* with a
+reason that says what is missing, except when ``RELAYPOLICY_REQUIRE_REAL=1`` (CI sets it),
+where it *fails*: a green CI must mean the real parts ran. Route every "cannot run here"
+through :func:`unavailable` so the rule lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+__all__ = [
+    "REQUIRE_REAL_ENV",
+    "free_port",
+    "real_parts_required",
+    "require_binary",
+    "require_loopback_address",
+    "require_root",
+    "tail",
+    "unavailable",
+    "wait_for_port",
+]
+
+REQUIRE_REAL_ENV = "RELAYPOLICY_REQUIRE_REAL"
+
+# Server binaries live in sbin directories that a developer's PATH often lacks.
+_EXTRA_BINARY_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+
+def real_parts_required() -> bool:
+    """Whether a missing real part is a failure (CI) rather than a skip (a laptop)."""
+    return os.environ.get(REQUIRE_REAL_ENV, "") == "1"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test because a real part cannot run here, or fail when they are required."""
+    if real_parts_required():
+        pytest.fail(f"{reason} ({REQUIRE_REAL_ENV}=1: real parts are required)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_binary(name: str, *, package: str | None = None) -> str:
+    """The absolute path of an executable, else skip (or fail, see :func:`unavailable`).
+
+    Looks on PATH, then in the sbin directories. ``package`` names the Debian package for
+    the message (defaults to ``name``).
+    """
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_EXTRA_BINARY_DIRS])
+    found = shutil.which(name, path=search)
+    if found is None:
+        unavailable(f"{name} is not installed (apt-get install -y {package or name})")
+    return found
+
+
+def require_root(what: str) -> None:
+    """Skip (or fail) unless running as root; ``what`` says who needs it and why."""
+    if os.geteuid() != 0:
+        unavailable(f"{what} needs root")
+
+
+def require_loopback_address(address: str) -> None:
+    """Skip (or fail) unless a client socket can bind ``address`` (e.g. ``127.0.0.10``).
+
+    Linux routes all of 127.0.0.0/8 to the loopback interface; other systems only
+    127.0.0.1 unless aliases are configured.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError as exc:
+            unavailable(f"cannot bind loopback source address {address} ({exc})")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago (the server should bind it soon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts TCP connections on ``host:port``; else TimeoutError."""
+    deadline = time.monotonic() + timeout
+    last_error: OSError | None = None
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s: {last_error}")
+        time.sleep(0.05)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file, or a note that there is none (for failure messages)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
