@@ -6,6 +6,7 @@ decision's reply. Everything here is pure: no sockets, no files, no clock.
 
 from relaypolicy.address import Address, parse_address
 from relaypolicy.domains import DomainError, DomainSet, normalize_domain
+from relaypolicy.iptable import ExpiringIpTable, IpEntry, IpTable, Login, TableFileError
 from relaypolicy.model import Decision, Request, Verdict
 from relaypolicy.networks import NetworkSet, normalize_ip
 from relaypolicy.policies import (
@@ -15,6 +16,7 @@ from relaypolicy.policies import (
     LocalDomainOnly,
     OpenRelay,
     Policy,
+    PopBeforeSmtp,
     SmtpAuthRequired,
     TrustedNetworks,
     mx_policy,
@@ -30,17 +32,23 @@ __all__ = [
     "Decision",
     "DomainError",
     "DomainSet",
+    "ExpiringIpTable",
     "FirstMatch",
+    "IpEntry",
+    "IpTable",
     "LocalDomainOnly",
+    "Login",
     "NetworkSet",
     "OpenRelay",
     "Policy",
+    "PopBeforeSmtp",
     "Request",
     "SmtpAuthRequired",
+    "TableFileError",
     "TrustedNetworks",
     "Verdict",
-    "normalize_domain",
     "mx_policy",
+    "normalize_domain",
     "normalize_ip",
     "parse_address",
     "submission_policy",

@@ -1,0 +1,150 @@
+"""The saved IP table: a small, versioned JSON file, written atomically.
+
+Format (version 1), one entry per line so that ``grep`` works on it::
+
+    {"format": "relaypolicy-iptable", "version": 1, "ipv6_prefix": 128, "entries": [
+    ["203.0.113.7", 1767225600.25, "alice"],
+    ["2001:db8::/64", 1767225671.5, null]
+    ]}
+
+Each entry is ``[address, expires_at, user]``: the canonical address (or IPv6 network,
+for a table that groups by prefix), the expiry as wall-clock Unix time (seconds, a finite
+number), and the login name or ``null``. Wall-clock time, because the table's own
+monotonic clock starts afresh at every boot.
+
+The file is written to a temporary file in the same directory (mode 0600: it names users
+and where they are), flushed to disk with ``fsync``, then renamed over the old one, so a
+crash leaves either the old table or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from os import PathLike
+
+from relaypolicy.iptable.base import TableFileError
+from relaypolicy.networks import parse_ip
+
+__all__ = ["FORMAT", "VERSION", "read_entries", "write_entries"]
+
+FORMAT = "relaypolicy-iptable"
+VERSION = 1
+
+Row = tuple[str, float, str | None]
+
+
+def write_entries(
+    path: str | PathLike[str], entries: Iterable[Row], *, ipv6_prefix: int = 128
+) -> None:
+    """Write ``entries`` (address, wall-clock expiry, user) to ``path`` atomically."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    header = json.dumps({"format": FORMAT, "version": VERSION, "ipv6_prefix": ipv6_prefix})
+    lines = [header[:-1] + ', "entries": [']
+    lines.append(",\n".join(json.dumps(list(row), allow_nan=False) for row in entries))
+    lines.append("]}\n")
+    data = "\n".join(lines).encode("utf-8")
+    fd, temporary = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable. Not every platform can open a directory; the rename
+    # is still atomic there.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_entries(path: str | PathLike[str]) -> list[Row]:
+    """The entries saved in ``path``; ``[]`` when the file does not exist.
+
+    Raises :class:`TableFileError` naming the path and what is wrong for anything that is
+    not a valid saved table: not JSON, another format or version, a malformed entry.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return []
+    try:
+        document = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TableFileError(f"{name}: not a saved IP table: not JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise TableFileError(f'{name}: not a saved IP table (no "format": "{FORMAT}")')
+    version = document.get("version")
+    if version != VERSION or isinstance(version, bool):
+        raise TableFileError(
+            f"{name}: unsupported IP table version {version!r} (this release reads {VERSION})"
+        )
+    entries = document.get("entries")
+    if not isinstance(entries, list):
+        raise TableFileError(f'{name}: "entries" is not a list')
+    rows: list[Row] = []
+    for index, entry in enumerate(entries):
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise TableFileError(f"{name}: entry {index}: {problem}: {entry!r:.200}")
+        rows.append((entry[0], float(entry[1]), entry[2]))
+    return rows
+
+
+def _refuse_constant(constant: str) -> object:
+    raise ValueError(f"{constant} is not a number this format allows")
+
+
+def _entry_problem(entry: object) -> str | None:
+    if not isinstance(entry, list) or len(entry) != 3:
+        return "expected [address, expires_at, user]"
+    address, expires, user = entry
+    if not isinstance(address, str):
+        return "the address is not a string"
+    if "/" in address:
+        try:
+            network = ipaddress.IPv6Network(address, strict=True)
+        except ValueError:
+            return "not an IPv6 network"
+        if network.prefixlen == 0:
+            return "not an IPv6 network"
+    else:
+        try:
+            parse_ip(address)
+        except ValueError:
+            return "not an IP address"
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        return "expires_at is not a number"
+    try:
+        if not math.isfinite(float(expires)):
+            return "expires_at is not finite"
+    except OverflowError:
+        return "expires_at is out of range"
+    if user is not None and not isinstance(user, str):
+        return "user is neither a string nor null"
+    return None

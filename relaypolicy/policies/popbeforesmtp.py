@@ -1,0 +1,168 @@
+"""POP-before-SMTP: a client that logged in to POP3/IMAP recently may relay for a while.
+
+A watcher (a log follower, later) records the address of every successful POP3/IMAP login
+in an :class:`~relaypolicy.iptable.IpTable`; this policy accepts a client whose address
+has a live entry there. With ``bind_sender``, a client may relay only with a sender that
+belongs to the user who logged in from its address, which limits what a stranger behind
+the same NAT address can do. ``docs/pop-before-smtp.md`` tells the whole story, and the
+weaknesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple, TypeAlias
+
+from relaypolicy.address import Address, parse_address
+from relaypolicy.domains import DomainError, normalize_domain
+from relaypolicy.iptable.base import IpTable
+from relaypolicy.model import Decision, Request, accept, defer, next_policy
+
+__all__ = ["PopBeforeSmtp", "SenderBinding"]
+
+SenderBinding: TypeAlias = (
+    Mapping[str, "Iterable[str] | str"] | Callable[[str], "Iterable[str] | str | None"]
+)
+"""Login name -> the senders that user may use: addresses (``alice@example.org``) and
+whole domains (``@example.org``). A mapping is read once, at construction; a callable is
+asked on every bound check (return ``None`` or ``()`` for "none")."""
+
+
+class _Allowed(NamedTuple):
+    mailboxes: frozenset[str]  # "local@domain", local part lower-cased, canonical domain
+    domains: frozenset[str]  # canonical domains
+
+
+def _compile(login: str, patterns: Iterable[str] | str) -> _Allowed:
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    mailboxes: set[str] = set()
+    domains: set[str] = set()
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"bind_sender[{login!r}]: expected sender text, got {pattern!r}")
+        if pattern.startswith("@"):
+            try:
+                domains.add(normalize_domain(pattern[1:]))
+            except DomainError as exc:
+                raise ValueError(f"bind_sender[{login!r}]: {pattern!r}: {exc}") from None
+            continue
+        address = parse_address(pattern)
+        if address.error is not None or not address.local_part or not address.domain:
+            why = address.error or "expected user@domain or @domain"
+            raise ValueError(f"bind_sender[{login!r}]: {pattern!r}: {why}")
+        mailboxes.add(f"{address.local_part.lower()}@{address.domain}")
+    return _Allowed(frozenset(mailboxes), frozenset(domains))
+
+
+class PopBeforeSmtp:
+    """ACCEPT a client whose address has a live entry in ``table``; NEXT for the rest.
+
+    Put it in a chain before :class:`~relaypolicy.policies.LocalDomainOnly`, as the classic
+    setups did: ``FirstMatch(TrustedNetworks(...), PopBeforeSmtp(table),
+    LocalDomainOnly(...))``. If the table cannot be read, the answer is
+    ``451 4.3.0 Temporary lookup failure`` (DEFER), never ACCEPT.
+
+    ``bind_sender`` (the NAT mitigation) maps a login name to the senders that user may use
+    (see :data:`SenderBinding`). Then a client is accepted only when the entry for its
+    address names a login and the envelope sender belongs to that login: the domain
+    matches an ``@domain``, or the whole address matches, comparing the domain in canonical
+    form and the local part without regard to case. The null sender ``<>`` is never bound
+    to a user, so a bound entry does not let it relay. Every other case is NEXT, with the
+    reason: ``unknown-user`` (no login recorded, or none bound), ``null-sender``,
+    ``sender-not-bound``.
+    """
+
+    __slots__ = (
+        "_accept",
+        "_allowed",
+        "_bind",
+        "_client_login",
+        "_has_client",
+        "_no_login",
+        "_not_bound",
+        "_null_sender",
+        "_unknown_user",
+        "name",
+        "table",
+    )
+
+    def __init__(
+        self,
+        table: IpTable,
+        *,
+        bind_sender: SenderBinding | None = None,
+        name: str = "PopBeforeSmtp",
+    ) -> None:
+        for method in ("has_client", "client_login"):
+            if not callable(getattr(table, method, None)):
+                raise TypeError(f"table: not an IP table (no {method} method): {table!r}")
+        self.name = name
+        self.table = table
+        self._has_client: Callable[[Request], bool] = table.has_client
+        self._client_login = table.client_login
+        self._bind: Callable[[str], Iterable[str] | str | None] | None = None
+        self._allowed: dict[str, _Allowed] = {}
+        if isinstance(bind_sender, Mapping):
+            self._allowed = {
+                login: _compile(login, patterns) for login, patterns in bind_sender.items()
+            }
+            self._bind = self._allowed.get  # type: ignore[assignment]
+        elif bind_sender is not None:
+            if not callable(bind_sender):
+                raise TypeError(f"bind_sender: expected a mapping or a callable: {bind_sender!r}")
+            self._bind = bind_sender
+        self._accept = accept(name, "pop-before-smtp")
+        self._no_login = next_policy(name, "no-login")
+        self._unknown_user = next_policy(name, "unknown-user")
+        self._null_sender = next_policy(name, "null-sender")
+        self._not_bound = next_policy(name, "sender-not-bound")
+
+    def check(self, request: Request) -> Decision:
+        if self._bind is None:
+            try:
+                live = self._has_client(request)
+            except Exception as exc:  # fail closed: whatever went wrong, do not accept
+                return self._failure("table-error", exc)
+            return self._accept if live else self._no_login
+        try:
+            login = self._client_login(request)
+        except Exception as exc:
+            return self._failure("table-error", exc)
+        if login is None:
+            return self._no_login
+        user = login.user
+        if user is None:
+            return self._unknown_user
+        sender = request.sender_address
+        if sender.error is not None or (not sender.local_part and not sender.domain):
+            # The null sender belongs to no user: bounces come from MTAs, not from mail
+            # programs, and a neighbour behind the same NAT could hide behind "<>".
+            return self._null_sender if sender.error is None else self._not_bound
+        try:
+            allowed = self._allowed_for(user)
+        except Exception as exc:
+            return self._failure("binding-error", exc)
+        if allowed is None:
+            return self._unknown_user
+        return self._accept if _belongs(sender, allowed) else self._not_bound
+
+    def _allowed_for(self, user: str) -> _Allowed | None:
+        found = self._bind(user)  # type: ignore[misc]
+        if found is None or isinstance(found, _Allowed):
+            return found
+        return _compile(user, found)
+
+    def _failure(self, what: str, exc: Exception) -> Decision:
+        return defer(451, "4.3.0", "Temporary lookup failure", self.name, f"{what}: {exc!r:.200}")
+
+    def __repr__(self) -> str:
+        bound = "" if self._bind is None else ", bind_sender=..."
+        return f"PopBeforeSmtp({self.table!r}{bound})"
+
+
+def _belongs(sender: Address, allowed: _Allowed) -> bool:
+    domain = sender.domain
+    if domain in allowed.domains:
+        return True
+    return f"{sender.local_part.lower()}@{domain}" in allowed.mailboxes
