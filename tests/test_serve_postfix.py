@@ -1,0 +1,204 @@
+"""End to end: a real Postfix asks `relaypolicy serve`, the only gate, and a real SMTP
+client from distinct loopback addresses gets the replies.
+
+Postfix: ``smtpd_relay_restrictions = check_policy_service { inet:127.0.0.1:PORT,
+default_action=DEFER }, reject``. relaypolicy runs as a separate process with the TOML file
+below; `relaypolicy ctl` talks to its control socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from postfix_instance import PostfixConfig, PostfixInstance, RcptSession, running_postfix
+from realservers import free_port, require_loopback_address, tail, wait_for_port
+
+pytestmark = pytest.mark.real
+
+OUTSIDER = "127.0.0.10"
+TRUSTED = "127.0.0.11"
+POP_CLIENT = "127.0.0.12"
+
+CONFIG = """\
+[domains]
+local = ["local.test"]
+
+[networks]
+trusted = ["{trusted}/32"]
+
+[pop_before_smtp]
+ttl = 1800
+
+[chain]
+steps = ["trusted_networks", "sasl_permit", "pop_before_smtp", "local_domains"]
+
+[serve]
+listen = ["127.0.0.1:{port}"]
+control_socket = "{control}"
+
+[log]
+level = "info"
+"""
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    port: int
+    control: Path
+    log: Path
+    config: Path
+
+    def ctl(self, *args: str) -> dict[str, object]:
+        done = subprocess.run(
+            [sys.executable, "-m", "relaypolicy", "ctl", "--socket", str(self.control), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+        assert done.returncode in (0, 1), done.stderr
+        reply: dict[str, object] = json.loads(done.stdout)
+        return reply
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=20)
+
+
+def start_service(tmp_path: Path) -> Service:
+    port = free_port()
+    control = tmp_path / "control.sock"
+    config = tmp_path / "relaypolicy.toml"
+    config.write_text(CONFIG.format(trusted=TRUSTED, port=port, control=control))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "relaypolicy", "serve", "--config", str(config)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+    service = Service(process, port, control, log, config)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=20)
+    except TimeoutError:
+        service.stop()
+        pytest.fail(f"relaypolicy serve did not start:\n{tail(log)}")
+    return service
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostfixInstance, Service]]:
+    for address in (OUTSIDER, TRUSTED, POP_CLIENT):
+        require_loopback_address(address)
+    service = start_service(tmp_path_factory.mktemp("serve"))
+    gate = f"check_policy_service {{ inet:127.0.0.1:{service.port}, default_action=DEFER }}, reject"
+    config = PostfixConfig(
+        mydestination=["local.test"],
+        mynetworks=["127.0.0.1/32"],
+        extra={"smtpd_relay_restrictions": gate},
+    )
+    try:
+        with running_postfix(config) as postfix:
+            yield postfix, service
+    finally:
+        service.stop()
+
+
+def ask(postfix: PostfixInstance, client: str, recipient: str) -> str:
+    with RcptSession(postfix.host, postfix.port, client) as session:
+        return str(session.ask(recipient, sender="sender@aho.jp"))
+
+
+def test_local_foreign_and_routed(stack: tuple[PostfixInstance, Service]) -> None:
+    postfix, service = stack
+    assert ask(postfix, OUTSIDER, "user@local.test").startswith("250")
+    foreign = ask(postfix, OUTSIDER, "user@aho.jp")
+    assert foreign.startswith("554 5.7.1"), foreign
+    assert "Relay access denied" in foreign
+    for routed in ("user%aho.jp@local.test", "aho.jp!user@local.test", '"user@aho.jp"@local.test'):
+        reply = ask(postfix, OUTSIDER, routed)
+        assert reply.startswith("554 5.7.1"), (routed, reply, tail(service.log))
+
+
+def test_trusted_network_relays(stack: tuple[PostfixInstance, Service]) -> None:
+    postfix, _ = stack
+    assert ask(postfix, TRUSTED, "user@aho.jp").startswith("250")
+
+
+def test_pop_before_smtp_entry_added_by_ctl_relays_until_it_expires(
+    stack: tuple[PostfixInstance, Service],
+) -> None:
+    postfix, service = stack
+    assert ask(postfix, POP_CLIENT, "user@aho.jp").startswith("554")
+    added = service.ctl("add", POP_CLIENT, "--ttl", "3", "--user", "taro")
+    assert added["ok"] is True
+    listed = service.ctl("table")
+    assert any(e["address"] == POP_CLIENT for e in listed["entries"])  # type: ignore[attr-defined]
+    assert ask(postfix, POP_CLIENT, "user@aho.jp").startswith("250")
+    # A real process on a real clock: wait out the 3 s allowance (bounded), then refused.
+    deadline = time.monotonic() + 15
+    while True:
+        reply = ask(postfix, POP_CLIENT, "user@aho.jp")
+        if reply.startswith("554") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert reply.startswith("554 5.7.1"), reply
+    # An admin withdrawing an address takes effect at once.
+    service.ctl("add", POP_CLIENT, "--ttl", "600")
+    assert ask(postfix, POP_CLIENT, "user@aho.jp").startswith("250")
+    assert service.ctl("remove", POP_CLIENT)["removed"] is True
+    assert ask(postfix, POP_CLIENT, "user@aho.jp").startswith("554")
+
+
+def test_stats_and_decision_log(stack: tuple[PostfixInstance, Service]) -> None:
+    postfix, service = stack
+    ask(postfix, OUTSIDER, "counted@aho.jp")
+    stats = service.ctl("stats")["stats"]
+    assert isinstance(stats, dict)
+    assert stats["requests"] >= 1
+    assert stats["reason:not-local"] >= 1
+    log = service.log.read_text()
+    assert "recipient=<counted@aho.jp> verdict=REJECT policy=LocalDomainOnly" in log
+
+
+def test_reload_with_broken_file_keeps_serving(stack: tuple[PostfixInstance, Service]) -> None:
+    postfix, service = stack
+    good = service.config.read_text()
+    try:
+        service.config.write_text(good + "\n[chain]\nsteps = ['nonsense']\n")
+        reply = service.ctl("reload")
+        assert reply["ok"] is False
+        assert "keeping the running configuration" in str(reply["result"])
+        assert ask(postfix, OUTSIDER, "user@local.test").startswith("250")
+        assert ask(postfix, OUTSIDER, "user@aho.jp").startswith("554")
+        # SIGHUP too
+        os.kill(service.process.pid, signal.SIGHUP)
+        assert ask(postfix, TRUSTED, "user@aho.jp").startswith("250")
+    finally:
+        service.config.write_text(good)
+    assert service.ctl("reload")["ok"] is True
+
+
+def test_service_down_means_postfix_default_action_never_a_relay(tmp_path: Path) -> None:
+    require_loopback_address(OUTSIDER)
+    service = start_service(tmp_path)
+    gate = f"check_policy_service {{ inet:127.0.0.1:{service.port}, default_action=DEFER }}, reject"
+    config = PostfixConfig(mydestination=["local.test"], extra={"smtpd_relay_restrictions": gate})
+    with running_postfix(config) as postfix:
+        assert ask(postfix, TRUSTED, "user@aho.jp").startswith("250")
+        assert service.stop() == 0  # SIGTERM: a clean exit
+        for client in (TRUSTED, OUTSIDER):
+            reply = ask(postfix, client, "user@aho.jp")
+            assert reply.startswith("4"), reply  # Postfix's default_action: DEFER
+        assert "stopping" in service.log.read_text()
