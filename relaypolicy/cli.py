@@ -163,7 +163,7 @@ def _check_policy(args: argparse.Namespace) -> Policy:
         try:
             config = load_config(args.config)
             return config.build_policy(config.make_pop_table())
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, ValueError) as exc:  # TableFileError is a ValueError
             raise UsageError(str(exc)) from None
     if not args.local_domain and not args.relay_domain:
         raise UsageError("give at least one --local-domain (or --relay-domain)")
@@ -218,7 +218,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     async def serve() -> int:
         try:
             service = Service(args.config, listen=args.listen)
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, ValueError) as exc:  # TableFileError is a ValueError
             raise UsageError(str(exc)) from None
         configure_logging(service.config.log.level, service.config.log.format)
         try:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -202,3 +204,46 @@ def test_service_down_means_postfix_default_action_never_a_relay(tmp_path: Path)
             reply = ask(postfix, client, "user@aho.jp")
             assert reply.startswith("4"), reply  # Postfix's default_action: DEFER
         assert "stopping" in service.log.read_text()
+
+
+def test_sigterm_under_load_loses_no_answered_request(tmp_path: Path) -> None:
+    """Many clients keep asking while SIGTERM arrives: every request that got an answer
+    got a complete, correct one, and the service exits 0."""
+    service = start_service(tmp_path)
+    request = (
+        b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=203.0.113.7\n"
+        b"recipient=user@aho.jp\n\n"
+    )
+    answered: list[int] = []
+    bad: list[bytes] = []
+
+    def client() -> None:
+        count = 0
+        try:
+            with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+                stream = sock.makefile("rb")
+                while True:
+                    sock.sendall(request)
+                    answer = stream.readline() + stream.readline()
+                    if not answer:
+                        break  # closed by the shutdown: this request was never answered
+                    if answer != b"action=554 5.7.1 Relay access denied\n\n":
+                        bad.append(answer)
+                        break
+                    count += 1
+        except OSError:
+            pass
+        answered.append(count)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # real load on a real process
+    assert service.stop() == 0
+    for thread in threads:
+        thread.join(timeout=20)
+    assert bad == []
+    assert len(answered) == 8
+    assert sum(answered) > 0
+    log = service.log.read_text()
+    assert "stopping: finishing requests in hand" in log
