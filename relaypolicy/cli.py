@@ -143,7 +143,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ctl_commands.add_parser("table", help="list the live POP-before-SMTP table")
     ctl_commands.add_parser("stats", help="show counters")
     ctl_commands.add_parser("reload", help="reload the configuration")
-    ctl_add = ctl_commands.add_parser("add", help="allow an address to relay for a while")
+    ctl_add = ctl_commands.add_parser(
+        "add",
+        aliases=["record"],
+        help="allow an address to relay for a while ('record' is the same, for login hooks "
+        "such as a Dovecot post-login script)",
+    )
     ctl_add.add_argument("address")
     ctl_add.add_argument("--ttl", type=float, help="seconds (default: the table's ttl)")
     ctl_add.add_argument("--user", help="the login to record with it")
@@ -249,10 +254,11 @@ def _run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.ctl_command is None:
         parser.error("ctl needs an action: table, add, remove, stats or reload")
-    message: dict[str, object] = {"command": args.ctl_command}
-    if args.ctl_command in ("add", "remove"):
+    command = "add" if args.ctl_command == "record" else args.ctl_command
+    message: dict[str, object] = {"command": command}
+    if command in ("add", "remove"):
         message["address"] = args.address
-    if args.ctl_command == "add":
+    if command == "add":
         if args.ttl is not None:
             message["ttl"] = args.ttl
         if args.user is not None:

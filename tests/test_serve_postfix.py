@@ -156,8 +156,9 @@ def test_pop_before_smtp_entry_added_by_ctl_relays_until_it_expires(
             break
         time.sleep(0.5)
     assert reply.startswith("554 5.7.1"), reply
-    # An admin withdrawing an address takes effect at once.
-    service.ctl("add", POP_CLIENT, "--ttl", "600")
+    # A login hook's "record" (the push feed), then an admin withdrawing the address:
+    # both take effect at once.
+    assert service.ctl("record", POP_CLIENT, "--user", "taro")["ok"] is True
     assert ask(postfix, POP_CLIENT, "user@aho.jp").startswith("250")
     assert service.ctl("remove", POP_CLIENT)["removed"] is True
     assert ask(postfix, POP_CLIENT, "user@aho.jp").startswith("554")
