@@ -156,6 +156,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "remove", help="withdraw an address (e.g. a compromised one)"
     )
     ctl_remove.add_argument("address")
+    from relaypolicy.smtpd.command import add_passwd_parser, add_smtpd_parser
+
+    add_smtpd_parser(commands)
+    add_passwd_parser(commands)
     return parser
 
 
@@ -300,6 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_config(args, parser)
         if args.command == "ctl":
             return _run_ctl(args, parser)
+        if args.command == "smtpd":
+            from relaypolicy.smtpd.command import run_smtpd
+
+            return run_smtpd(args)
+        if args.command == "passwd":
+            from relaypolicy.smtpd.command import run_passwd
+
+            return run_passwd(args)
     except UsageError as exc:
         print(f"relaypolicy {args.command}: error: {exc}", file=sys.stderr)
         return EX_USAGE

@@ -267,9 +267,15 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
             "chain",
             "serve",
             "log",
+            "smtpd",
         },
         "",
     )
+    if "smtpd" in data:
+        # `relaypolicy smtpd` reads it; `serve` ignores it, but a typo is still an error.
+        from relaypolicy.smtpd.settings import parse_smtpd
+
+        parse_smtpd(data["smtpd"])
     domains = _table(data, "domains")
     _no_unknown(domains, {"local", "relay"}, "domains")
     local = _strings(domains.get("local", []), "domains.local")

@@ -1,0 +1,402 @@
+"""Relay control for aiosmtpd-based MTAs: one handler in front of the one you have.
+
+:class:`RelayPolicyHandler` answers ``RCPT TO`` (and, where the policy refuses the client
+whatever the recipient, ``MAIL FROM``, as RFC 6409 section 4.3 wants for submission) with
+the policy's decision; every other hook is the inner handler's. :func:`request_from_session`
+maps aiosmtpd's session to a :class:`~relaypolicy.model.Request` (table in
+``docs/aiosmtpd.md``); TLS is read from the transport, because with implicit TLS aiosmtpd
+never fills ``session.ssl`` (aiosmtpd issues #274, #281). :class:`PasswordAuthenticator`
+checks AUTH PLAIN/LOGIN against a scrypt password file. Needs the ``aiosmtpd`` extra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+try:
+    from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ImportError(
+        "relaypolicy.aiosmtpd needs aiosmtpd: pip install 'relaypolicy[aiosmtpd]'"
+    ) from exc
+
+from relaypolicy.model import Decision, Request, Verdict, defer
+from relaypolicy.policies import Policy, relay_access_denied
+
+__all__ = [
+    "PasswordAuthenticator",
+    "RelayPolicyHandler",
+    "SaslLogin",
+    "TlsFacts",
+    "request_from_session",
+    "tls_facts",
+]
+
+decisions_log = logging.getLogger("relaypolicy.decisions")
+log = logging.getLogger("relaypolicy.aiosmtpd")
+
+# Asked at MAIL FROM: RFC 5321 section 4.5.1 makes "postmaster" deliverable everywhere, so a
+# policy that refuses even this recipient refuses the client or the sender, not a recipient.
+MAIL_PROBE_RECIPIENT = "postmaster"
+UNNAMED_LOGIN = "<unnamed>"  # an authenticator that succeeded without saying who logged in
+
+
+class SaslLogin(NamedTuple):
+    """What :class:`PasswordAuthenticator` leaves in ``session.auth_data``: who, and how
+    (aiosmtpd records no mechanism, and its default keeps the password: ``LoginPassword``).
+    """
+
+    login: str
+    mechanism: str
+
+
+class TlsFacts(NamedTuple):
+    """The TLS facts of a connection, in the form Postfix gives its policy services."""
+
+    protocol: str = ""  # "TLSv1.3"; empty: no TLS
+    cipher: str = ""
+    ccert_subject: str = ""  # the client certificate's CN, when it was verified
+    ccert_fingerprint: str = ""  # SHA-256 of the certificate, "AB:CD:..."
+    ccert_pubkey_fingerprint: str = ""  # SHA-256 of its SubjectPublicKeyInfo
+
+
+def _colon_hex(digest: bytes) -> str:
+    return ":".join(f"{byte:02X}" for byte in digest)
+
+
+def _der_element(der: bytes, offset: int) -> tuple[int, int, int]:
+    """The tag, content start and end of the DER element at ``offset`` (ValueError if cut)."""
+    if offset + 2 > len(der):
+        raise ValueError("truncated DER")
+    tag, length = der[offset], der[offset + 1]
+    start = offset + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or start + count > len(der):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(der[start : start + count], "big")
+        start += count
+    if start + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, start, start + length
+
+
+def subject_public_key_info(certificate: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of a DER X.509 certificate (RFC 5280 section 4.1),
+    whose digest is Postfix's ``ccert_pubkey_fingerprint``; the standard library has no
+    parser for it, and walking seven elements needs none."""
+    tag, start, _ = _der_element(certificate, 0)  # Certificate
+    if tag != 0x30:
+        raise ValueError("not a certificate")
+    tag, position, _ = _der_element(certificate, start)  # tbsCertificate
+    if tag != 0x30:
+        raise ValueError("not a certificate")
+    tag, _, end = _der_element(certificate, position)
+    if tag == 0xA0:  # [0] EXPLICIT version, absent for v1
+        position = end
+    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
+        _, _, position = _der_element(certificate, position)
+    tag, _, end = _der_element(certificate, position)
+    if tag != 0x30:
+        raise ValueError("no SubjectPublicKeyInfo")
+    return certificate[position:end]
+
+
+def tls_facts(server: SMTP | None, session: Session | None) -> TlsFacts:
+    """Protocol, cipher and client certificate, from the transport or else ``session.ssl``.
+
+    The transport knows about implicit TLS too, where aiosmtpd leaves ``session.ssl`` unset.
+    A client certificate is there only if the ``SSLContext`` asked for (and verified) one.
+    """
+    ssl_object: Any = None
+    transport = getattr(server, "transport", None)
+    if transport is not None:
+        ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None and session is not None and isinstance(session.ssl, dict):
+        ssl_object = session.ssl.get("ssl_object")
+    if ssl_object is None:
+        return TlsFacts()
+    cipher = ssl_object.cipher()
+    facts = TlsFacts(protocol=ssl_object.version() or "", cipher=cipher[0] if cipher else "")
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return facts
+    try:
+        pubkey = _colon_hex(hashlib.sha256(subject_public_key_info(der)).digest())
+    except ValueError:
+        pubkey = ""
+    names = [pair for rdn in (ssl_object.getpeercert() or {}).get("subject", ()) for pair in rdn]
+    subject = next((value for name, value in reversed(names) if name == "commonName"), "")
+    return facts._replace(
+        ccert_subject=subject,
+        ccert_fingerprint=_colon_hex(hashlib.sha256(der).digest()),
+        ccert_pubkey_fingerprint=pubkey,
+    )
+
+
+def _sasl(session: Session) -> tuple[str, str]:
+    """``(username, mechanism)`` of an authenticated session, ``("", "")`` otherwise."""
+    if not session.authenticated:
+        return "", ""
+    data = session.auth_data
+    login = data if isinstance(data, str | bytes) else getattr(data, "login", None)
+    mechanism = getattr(data, "mechanism", "")
+    if isinstance(login, bytes):
+        login = login.decode("utf-8", "replace")
+    if not isinstance(login, str) or not login:
+        login = UNNAMED_LOGIN
+    return login, mechanism if isinstance(mechanism, str) else ""
+
+
+def _endpoint(value: Any) -> tuple[str, int]:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return "", 0
+
+
+def request_from_session(
+    server: SMTP | None, session: Session, envelope: Envelope | None, recipient: str
+) -> Request:
+    """The :class:`Request` for one recipient of an aiosmtpd session.
+
+    Raises :class:`ValueError` when the client address is unknown (a unix-socket listener
+    has none): relay control cannot decide without it.
+    """
+    client, client_port = _endpoint(session.peer)
+    transport = getattr(server, "transport", None)
+    local, server_port = _endpoint(transport.get_extra_info("sockname") if transport else None)
+    proxy = session.proxy_data
+    if proxy is not None and proxy.valid and proxy.src_addr is not None:
+        # Behind a PROXY-protocol balancer (aiosmtpd's proxy_protocol_timeout): the real
+        # client is the one the balancer reports, and so is the port it came in on.
+        client, client_port = str(proxy.src_addr), proxy.src_port or 0
+        local, server_port = str(proxy.dst_addr or ""), proxy.dst_port or 0
+    sender = envelope.mail_from if envelope is not None and envelope.mail_from else ""
+    login, mechanism = _sasl(session)
+    tls = tls_facts(server, session)
+    return Request(
+        client_address=client,
+        client_port=client_port,
+        server_address=local,
+        server_port=server_port,
+        helo_name=session.host_name or "",
+        sender="" if sender == "<>" else sender,
+        recipient=recipient,
+        sasl_username=login,
+        sasl_method=mechanism,
+        encryption_protocol=tls.protocol,
+        encryption_cipher=tls.cipher,
+        ccert_subject=tls.ccert_subject,
+        ccert_fingerprint=tls.ccert_fingerprint,
+        ccert_pubkey_fingerprint=tls.ccert_pubkey_fingerprint,
+    )
+
+
+def _printable(text: str) -> str:
+    """Log-safe: a stranger's address must not forge log lines."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+_Hook = Callable[..., Awaitable[Any]]
+_NAME = "RelayPolicyHandler"  # the policy named in the handler's own decisions
+_NO_CLIENT = defer(451, "4.3.5", "Cannot determine the client address", _NAME, "no-client")
+_POLICY_ERROR = defer(451, "4.3.0", "Policy service error", _NAME, "policy-error")
+
+
+class RelayPolicyHandler:
+    """An aiosmtpd handler that enforces ``policy`` and delegates everything else to ``inner``.
+
+    - ``handle_RCPT``: the decision's reply is the answer. On ACCEPT the recipient is
+      appended to the envelope (by ``inner.handle_RCPT`` when ``inner`` has one, so it may
+      still refuse an unknown user); on REJECT or DEFER it is not. A NEXT (a chain whose
+      default passes) leaves the recipient to ``inner.handle_RCPT``, and without one it is
+      refused with ``554 5.7.1 Relay access denied``: no opinion must not make an open
+      relay. A policy that raises, or a client without an IP address, is deferred (4xx).
+    - ``handle_MAIL`` (``check_mail=True``): the policy is asked about the recipient
+      ``postmaster``; if it refuses even that, the client or the sender is what it refuses
+      (e.g. ``530 5.7.0 Authentication required`` on a submission port), and MAIL FROM is
+      answered with that refusal. Otherwise ``inner.handle_MAIL`` (or aiosmtpd) decides.
+    - Any other attribute (``handle_DATA``, ``handle_EHLO``, ``auth_XOAUTH2``,
+      ``handle_exception``...) is ``inner``'s, so aiosmtpd sees exactly the hooks
+      ``inner`` has, plus these two.
+
+    One log line per decision goes to the ``relaypolicy.decisions`` logger (INFO), in the
+    format of ``relaypolicy serve`` (``log_format="json"`` for JSON lines).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        inner: object | None = None,
+        check_mail: bool = True,
+        log_format: str = "text",
+    ) -> None:
+        if not callable(getattr(policy, "check", None)):
+            raise TypeError(f"policy: not a policy (no check method): {policy!r}")
+        if log_format not in ("text", "json"):
+            raise ValueError(f'log_format: expected "text" or "json", got {log_format!r}')
+        self.policy = policy
+        self.inner = inner
+        self.check_mail = check_mail
+        self.log_format = log_format
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names this class lacks: those are the inner handler's.
+        inner = self.__dict__.get("inner")
+        if inner is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(inner, name)
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd finds hooks and AUTH mechanisms with dir(); show it the inner ones.
+        names = set(super().__dir__())
+        if self.inner is not None:
+            names.update(name for name in dir(self.inner) if not name.startswith("_"))
+        return sorted(names)
+
+    def _inner_hook(self, name: str) -> _Hook | None:
+        hook = getattr(self.inner, name, None) if self.inner is not None else None
+        return hook if callable(hook) else None
+
+    def decide(
+        self, server: SMTP | None, session: Session, envelope: Envelope | None, recipient: str
+    ) -> tuple[Request | None, Decision]:
+        """The request and the policy's decision; never raises."""
+        try:
+            request = request_from_session(server, session, envelope, recipient)
+        except ValueError as exc:
+            log.warning("cannot build a request (peer %r): %s", session.peer, exc)
+            return None, _NO_CLIENT
+        try:
+            return request, self.policy.check(request)
+        except Exception:
+            log.exception("%s: policy raised; answering with a temporary refusal", session.peer)
+            return request, _POLICY_ERROR
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> Any:
+        if self.check_mail:
+            probe = Envelope()
+            probe.mail_from = address
+            request, decision = self.decide(server, session, probe, MAIL_PROBE_RECIPIENT)
+            if decision.verdict in (Verdict.REJECT, Verdict.DEFER):
+                self._log(request, decision, stage="MAIL")
+                return decision.reply
+        hook = self._inner_hook("handle_MAIL")
+        if hook is not None:
+            return await hook(server, session, envelope, address, mail_options)
+        return MISSING  # aiosmtpd records the sender and says 250 OK
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> Any:
+        request, decision = self.decide(server, session, envelope, address)
+        if decision.verdict is Verdict.NEXT and self._inner_hook("handle_RCPT") is None:
+            assert request is not None  # a missing request is a DEFER
+            decision = relay_access_denied(request, _NAME, "no-opinion")
+        self._log(request, decision)
+        if decision.verdict in (Verdict.REJECT, Verdict.DEFER):
+            return decision.reply
+        hook = self._inner_hook("handle_RCPT")
+        if hook is not None:
+            return await hook(server, session, envelope, address, rcpt_options)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return decision.reply
+
+    def _log(self, request: Request | None, decision: Decision, stage: str = "RCPT") -> None:
+        if request is None or not decisions_log.isEnabledFor(logging.INFO):
+            return
+        recipient = "" if stage == "MAIL" else request.recipient
+        if self.log_format == "json":
+            fields = {"client": request.client_address, "sender": request.sender}
+            fields.update(recipient=recipient, login=request.sasl_username, stage=stage)
+            fields.update(verdict=decision.verdict.value, policy=decision.policy)
+            fields.update(reason=decision.reason, reply=str(decision))
+            decisions_log.info(json.dumps(fields, ensure_ascii=False))
+            return
+        decisions_log.info(
+            "client=%s sender=<%s> recipient=<%s> verdict=%s policy=%s reason=%s",
+            request.client_address,
+            _printable(request.sender),
+            _printable(recipient),
+            decision.verdict.name,
+            decision.policy,
+            decision.reason,
+        )
+
+    def __repr__(self) -> str:
+        return f"RelayPolicyHandler({self.policy!r}, inner={self.inner!r})"
+
+
+class PasswordAuthenticator:
+    """An aiosmtpd ``authenticator`` for AUTH PLAIN and LOGIN against a password file.
+
+    ``SMTP(handler, authenticator=PasswordAuthenticator(path))``. The file
+    (:mod:`relaypolicy.smtpd.passwords`) is reread when it changes; a broken new version is
+    logged and the last good one kept. A wrong login or password gets aiosmtpd's ``535
+    5.7.8``; on success ``session.auth_data`` is a :class:`SaslLogin`. aiosmtpd calls
+    authenticators synchronously: each attempt costs one scrypt run on the event loop.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from relaypolicy.smtpd.passwords import PasswordFile
+
+        self.path = Path(path)
+        self.passwords = PasswordFile.load(self.path)  # PasswordFileError names the line
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int, int]:
+        info = self.path.stat()
+        return info.st_ino, info.st_size, info.st_mtime_ns
+
+    def _current(self) -> Any:
+        from relaypolicy.smtpd.passwords import PasswordFile, PasswordFileError
+
+        try:
+            stamp = self._file_stamp()
+            if stamp != self._stamp:
+                self.passwords = PasswordFile.load(self.path)
+                self._stamp = stamp
+                log.info("reloaded the password file %s", self.path)
+        except (OSError, PasswordFileError) as exc:
+            log.error("password file %s: %s; keeping the last good one", self.path, exc)
+        return self.passwords
+
+    def __call__(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        if mechanism not in ("PLAIN", "LOGIN") or not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        try:
+            login = auth_data.login.decode("utf-8")
+            password = auth_data.password.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False)
+        if self._current().verify(login, password):
+            return AuthResult(success=True, auth_data=SaslLogin(login, mechanism))
+        log.info("%s: authentication failed for %r", session.peer, _printable(login))
+        return AuthResult(success=False, handled=False)

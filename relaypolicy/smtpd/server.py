@@ -1,0 +1,280 @@
+"""``relaypolicy smtpd``: a small policy-enforcing SMTP server on aiosmtpd.
+
+:class:`SmtpdServer` puts the pieces together: the configured chain in a
+:class:`~relaypolicy.aiosmtpd.RelayPolicyHandler`, in front of a
+:class:`~relaypolicy.smtpd.delivery.MaildirDelivery`; STARTTLS when a certificate is
+configured; AUTH PLAIN/LOGIN against a password file; the POP-before-SMTP table, fed
+through the control socket (``relaypolicy ctl --socket PATH record ADDRESS``, the same
+JSON lines as ``relaypolicy serve``'s) and saved on exit when ``persist`` is set.
+
+SIGTERM and SIGINT stop it (exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import stat
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from relaypolicy.aiosmtpd import PasswordAuthenticator, RelayPolicyHandler
+from relaypolicy.config import Config
+from relaypolicy.smtpd.delivery import MaildirDelivery
+from relaypolicy.smtpd.settings import SmtpdSettings, parse_listen
+
+__all__ = ["SmtpdServer", "make_tls_context"]
+
+log = logging.getLogger("relaypolicy.smtpd")
+AUTH_ATTEMPTS_PER_CONNECTION = 5  # each costs an scrypt computation; guessing is slowed
+MAX_CONTROL_LINE = 64 * 1024
+
+
+class _QuietLoginData(logging.Filter):
+    """aiosmtpd 1.4 warns on every successful AUTH that ``login_data`` is deprecated,
+    though it is aiosmtpd itself that sets it; that line says nothing to an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+def make_tls_context(settings: SmtpdSettings) -> ssl.SSLContext | None:
+    """The server's TLS context, or ``None`` when no certificate is configured.
+
+    With ``tls_client_ca`` a client certificate is asked for (not required) and checked
+    against that CA: Python's ``ssl`` cannot take one it did not verify.
+    """
+    if settings.tls_certificate is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"smtpd.tls_certificate: cannot load {settings.tls_certificate} with key "
+            f"{settings.tls_key}: {exc.strerror or exc}"
+        ) from None
+    if settings.tls_client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(settings.tls_client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"smtpd.tls_client_ca: cannot load {settings.tls_client_ca}: {exc.strerror or exc}"
+            ) from None
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+class SmtpdServer:
+    """The SMTP server of one configuration. ``table`` replaces the configured one (tests)."""
+
+    def __init__(
+        self,
+        config: Config,
+        settings: SmtpdSettings,
+        *,
+        table: Any = None,
+        listen: list[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.table = table if table is not None else config.make_pop_table()
+        self.policy = config.build_policy(self.table)
+        self.hostname = settings.server_name  # once: getfqdn() may ask the DNS
+        self.listen = list(listen or settings.listen)
+        for spec in self.listen:
+            parse_listen(spec)  # ValueError now rather than at start
+        self.delivery = MaildirDelivery(
+            maildir=settings.maildir,
+            outgoing=settings.outgoing,
+            local_domains=config.local_domains,
+            hostname=self.hostname,
+            smarthost=settings.smarthost,
+            smarthost_starttls=settings.smarthost_starttls,
+        )
+        self.handler = RelayPolicyHandler(
+            self.policy, inner=self.delivery, log_format=config.log.format
+        )
+        self.tls_context = make_tls_context(settings)
+        self.authenticator = (
+            PasswordAuthenticator(settings.passwords) if settings.passwords is not None else None
+        )
+        # AUTH only inside TLS when TLS is there (Postfix smtpd_tls_auth_only); without a
+        # certificate, only when the configuration does not ask for TLS.
+        self.auth_require_tls = self.tls_context is not None or config.auth.require_tls
+        self.bound: list[str] = []
+        self._servers: list[asyncio.Server] = []
+        self._control: asyncio.Server | None = None
+        self._stop = asyncio.Event()
+
+    def smtp(self) -> SMTP:
+        """One aiosmtpd protocol instance (a connection)."""
+        return SMTP(
+            self.handler,
+            hostname=self.hostname,
+            ident="relaypolicy smtpd",
+            tls_context=self.tls_context,
+            authenticator=self.authenticator,
+            auth_require_tls=self.auth_require_tls,
+            # No password file: offer no AUTH at all rather than one that always fails.
+            auth_exclude_mechanism=None if self.authenticator else ["PLAIN", "LOGIN"],
+            data_size_limit=self.settings.max_message_size,
+            enable_SMTPUTF8=True,
+            command_call_limit={"AUTH": AUTH_ATTEMPTS_PER_CONNECTION, "*": 100_000},
+        )
+
+    async def start(self) -> list[str]:
+        """Listen; the bound addresses as ``host:port``."""
+        loop = asyncio.get_running_loop()
+        for spec in self.listen:
+            host, port = parse_listen(spec)
+            server = await loop.create_server(self.smtp, host=host, port=port)
+            self._servers.append(server)
+            for sock in server.sockets:
+                address = sock.getsockname()
+                shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+                self.bound.append(f"{shown}:{address[1]}")
+        if self.settings.control_socket is not None:
+            await self._start_control(self.settings.control_socket)
+        return self.bound
+
+    def describe(self) -> str:
+        """Where mail goes, in words, for the start-up log."""
+        relay = (
+            f"forwarded to {self.settings.smarthost[0]}:{self.settings.smarthost[1]}"
+            if self.settings.smarthost
+            else f"kept in {self.settings.outgoing}/"
+        )
+        return (
+            f"local domains {', '.join(self.config.local_domains) or '(none)'} delivered to "
+            f"{self.settings.maildir}/<domain>/<user>/; relayed mail {relay}; "
+            f"STARTTLS {'on' if self.tls_context else 'off'}; "
+            f"AUTH {'on' if self.authenticator else 'off'}"
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; 0."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        logging.getLogger("mail.log").addFilter(_QuietLoginData())
+        bound = await self.start()
+        log.info("relaypolicy smtpd listening on %s", ", ".join(bound))
+        log.info("%s", self.describe())
+        if self.authenticator is not None and not self.auth_require_tls:
+            log.warning("AUTH is offered without TLS: passwords cross the network in the clear")
+        expire = asyncio.create_task(self._expire_loop())
+        await self._stop.wait()
+        log.info("stopping")
+        expire.cancel()
+        await self.close()
+        return 0
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._control is not None:
+            self._control.close()
+            assert self.settings.control_socket is not None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.control_socket)
+            self._control = None
+        pop = self.config.pop
+        if self.table is not None and pop is not None and pop.persist:
+            try:
+                self.table.save(pop.persist)
+            except OSError as exc:
+                log.error("could not save the table to %s: %s", pop.persist, exc)
+
+    async def _expire_loop(self) -> None:
+        while self.table is not None:
+            await asyncio.sleep(5)
+            self.table.expire()
+
+    # --- control socket: the subset of `relaypolicy serve`'s that concerns the table ---
+
+    async def _start_control(self, path: Path) -> None:
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise OSError(f"{path} exists and is not a socket; not replacing it")
+            path.unlink()
+        self._control = await asyncio.start_unix_server(self._control_client, path=str(path))
+        os.chmod(path, 0o600)  # the control socket can open the relay: owner only
+
+    async def _control_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                if len(line) > MAX_CONTROL_LINE:
+                    return
+                writer.write(json.dumps(self.control(line)).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        finally:
+            writer.close()
+
+    def control(self, line: bytes) -> dict[str, Any]:
+        """Answer one control command: ``table``, ``add`` (``record``), ``remove``, ``stats``."""
+        try:
+            message = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return {"ok": False, "error": "not a JSON object"}
+        if not isinstance(message, dict) or not isinstance(message.get("command"), str):
+            return {"ok": False, "error": 'expected {"command": ...}'}
+        command = "add" if message["command"] == "record" else message["command"]
+        if command == "stats":
+            entries = len(self.table) if self.table is not None else 0
+            return {"ok": True, "stats": {"table-entries": entries, "listening": self.bound}}
+        if command not in ("table", "add", "remove"):
+            return {"ok": False, "error": f"unknown command {command!r}"}
+        if self.table is None:
+            return {"ok": False, "error": "POP-before-SMTP is not configured"}
+        if command == "table":
+            now = self.table.clock()
+            return {
+                "ok": True,
+                "entries": [
+                    {
+                        "address": e.address,
+                        "user": e.user,
+                        "expires_in": round(e.expires_at - now, 1),
+                    }
+                    for e in self.table.entries()
+                ],
+            }
+        address, user, ttl = message.get("address"), message.get("user"), message.get("ttl")
+        if not isinstance(address, str):
+            return {"ok": False, "error": '"address" must be a string'}
+        try:
+            if command == "remove":
+                return {"ok": True, "removed": bool(self.table.remove(address))}
+            if ttl is not None and (
+                isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0
+            ):
+                return {"ok": False, "error": '"ttl" must be a positive number of seconds'}
+            if user is not None and not isinstance(user, str):
+                return {"ok": False, "error": '"user" must be a string'}
+            self.table.record(address, user=user, ttl=ttl)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        log.info("control: %s may relay (POP-before-SMTP)", address)
+        return {"ok": True, "added": address}
