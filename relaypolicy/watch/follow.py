@@ -1,0 +1,768 @@
+"""Follow a log as ``tail -F`` should, and turn its logins into IP table entries.
+
+Theory of operation
+-------------------
+:class:`LogFollower` keeps the log open and reads what was appended each time
+:meth:`~LogFollower.poll` is called; nothing happens between polls, so tests call it
+directly and :func:`follow` is a small asyncio loop around it. :class:`Watcher` parses
+the lines and records the logins in a table; :meth:`Watcher.run` drives both, sweeps
+expired entries once a second whether or not lines arrive, and keeps exported maps
+(:mod:`relaypolicy.watch.export`) in step.
+
+Lines. Only complete lines are returned: bytes after the last newline wait for the rest
+of their line. Lines are decoded as UTF-8 with ``errors="replace"``: a bad byte becomes
+U+FFFD (counted in ``undecodable``) and the line is still parsed, for an address can
+follow a mangled user name; lone surrogates (``surrogateescape``) would instead make
+every later encode of the text (a JSON log line, the control socket) raise. A line
+longer than ``max_line`` bytes (64 KiB) is dropped, up to its newline, and counted in
+``overlong``: no log line is that long, and the buffer stays bounded.
+
+Rotation. Before the open file is read, it is checked for truncation in place
+(``copytruncate``): shorter than our position, or the byte before our position is not
+the one we read there (that catches a file truncated and refilled past our position
+between two polls); it is then read from 0. Once it is read to its end, the path is
+stat'ed:
+
+- another (device, inode) at the path: the log was renamed away and a new one created
+  (logrotate's ``create``). The old file was read to its end first; it stays open for
+  ``rotation_grace`` seconds after its last growth, read first on every poll, since the
+  writer keeps writing to it until it reopens (syslogd on SIGHUP); the new file is read
+  from its start. While we hold the old file open its inode cannot be reused, so a new
+  file is always told from the old one;
+- no file: keep the open one (its writer may not have reopened yet) and look again at
+  the next poll; a file that then appears is a new file, read from its start.
+
+State. With ``state_path``, the position is written atomically as one JSON line after
+every poll that moved it, and on close: device, inode, the offset after the last
+complete line, and a fingerprint (SHA-256 of the file's first KiB, or of all of it
+before the offset when shorter). On start, the log is opened at the saved offset when
+inode and fingerprint match and a line ends there. With the same inode but another
+fingerprint, the log was truncated, or is a new file given the inode that the rotation
+of ours freed: it is read from 0. With another inode, the log was rotated while we were
+stopped: the old file is looked for by inode (and fingerprint) among the files in the
+log's directory whose names start with the log's (``mail.log.1``,
+``mail.log-20260101``; compressed ones are skipped), its rest is read, and then the new
+log from 0. Without a state file the log is read from its start (unless
+``start_at_end``): logins from before the start still get what remains of their time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Sequence
+from os import PathLike
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from relaypolicy.watch.export import write_atomically
+
+if TYPE_CHECKING:
+    from relaypolicy.iptable.base import IpEntry
+    from relaypolicy.watch.export import Exporter
+
+__all__ = [
+    "MAX_LINE",
+    "FilePosition",
+    "LogFollower",
+    "LoginLineParser",
+    "LoginRecordLike",
+    "LoginTable",
+    "Watcher",
+    "follow",
+]
+
+log = logging.getLogger("relaypolicy.watch")
+
+MAX_LINE = 64 * 1024
+STATE_FORMAT = "relaypolicy-follow"
+STATE_VERSION = 1
+_CHUNK = 64 * 1024
+_HEAD = 1024  # bytes of the file's start fingerprinted in the state file
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".lzma", ".Z", ".zip")
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+class FilePosition(NamedTuple):
+    """Where a follower is: the file's device and inode, and the byte offset in it."""
+
+    device: int
+    inode: int
+    offset: int
+
+
+class _Saved(NamedTuple):
+    """A position as the state file keeps it (see the module docstring)."""
+
+    device: int
+    inode: int
+    offset: int
+    skip: bool
+    head_length: int
+    head: str
+
+    @classmethod
+    def from_json(cls, document: object) -> _Saved | None:
+        if not isinstance(document, dict):
+            return None
+        if document.get("format") != STATE_FORMAT or document.get("version") != STATE_VERSION:
+            return None
+        numbers = [document.get(field) for field in ("device", "inode", "offset", "head_length")]
+        if not all(type(number) is int and number >= 0 for number in numbers):
+            return None
+        skip, head = document.get("skipping"), document.get("head")
+        if not isinstance(document.get("path"), str) or not isinstance(skip, bool):
+            return None
+        if not isinstance(head, str) or len(head) != 64:
+            return None
+        device, inode, offset, head_length = numbers
+        return cls(device, inode, offset, skip, head_length, head)  # type: ignore[arg-type]
+
+    def to_json(self, path: str) -> bytes:
+        document = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "path": path,
+            "device": self.device,
+            "inode": self.inode,
+            "offset": self.offset,
+            "skipping": self.skip,
+            "head_length": self.head_length,
+            "head": self.head,
+        }
+        return (json.dumps(document) + "\n").encode("utf-8")
+
+
+def _head(fd: int, length: int) -> str:
+    """The fingerprint of a file: SHA-256 of its first ``length`` bytes."""
+    try:
+        data = os.pread(fd, length, 0) if length else b""
+    except OSError:
+        data = b"\x00unreadable"
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Source:
+    """One open log file: what was read of it, and the start of an unfinished line."""
+
+    __slots__ = (
+        "device",
+        "eof",
+        "fd",
+        "head",
+        "inode",
+        "name",
+        "offset",
+        "pending",
+        "quiet_since",
+        "skip",
+    )
+
+    def __init__(self, fd: int, st: os.stat_result, name: str) -> None:
+        self.fd = fd
+        self.device = st.st_dev
+        self.inode = st.st_ino
+        self.name = name
+        self.offset = 0  # bytes read: the descriptor's position
+        self.pending = bytearray()  # read, but no newline yet
+        self.skip = False  # inside an overlong line: drop bytes up to its newline
+        self.eof = False
+        self.quiet_since = 0.0
+        self.head: tuple[int, str] | None = None  # (length, fingerprint), for the state
+
+    @property
+    def committed(self) -> int:
+        """The offset just after the last complete line (where a restart resumes)."""
+        return self.offset - len(self.pending)
+
+    def seek(self, offset: int) -> None:
+        os.lseek(self.fd, offset, os.SEEK_SET)
+        self.offset = offset
+        self.pending.clear()
+        self.skip = False
+        self.head = None
+
+
+def _byte_at(fd: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, 1, offset)
+    except OSError:
+        return b""
+
+
+class LogFollower:
+    """Complete new lines of the log at ``path``, through rotation, truncation and restarts.
+
+    See the module docstring. ``poll()`` reads at most ``max_read`` bytes; when it stops
+    short of the end, :attr:`behind` is true and the caller should poll again at once.
+    ``clock`` (default :func:`time.monotonic`) times ``rotation_grace``. Counters:
+    ``lines``, ``overlong``, ``incomplete`` (an unfinished line dropped at a truncation or
+    with a rotated file), ``undecodable``, ``rotations``, ``truncations``.
+    """
+
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        state_path: str | PathLike[str] | None = None,
+        start_at_end: bool = False,
+        max_line: int = MAX_LINE,
+        max_read: int = 1 << 20,
+        rotation_grace: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_line < 1 or max_read < 1:
+            raise ValueError("max_line and max_read must be positive")
+        self.path = os.fspath(path)
+        self.state_path = None if state_path is None else os.fspath(state_path)
+        self.start_at_end = start_at_end
+        self.max_line = max_line
+        self.max_read = max_read
+        self.rotation_grace = rotation_grace
+        self._clock = clock
+        self._current: _Source | None = None
+        self._draining: list[_Source] = []  # rotated away, still read for a while
+        self._closed = False
+        self._recovered = False  # looked for a file rotated while we were stopped
+        self._problem = ""  # the last trouble logged, so it is logged once
+        self.behind = False
+        self.lines = self.overlong = self.incomplete = self.undecodable = 0
+        self.rotations = self.truncations = 0
+        self._saved = self._load_state()
+        self._on_disk = self._saved
+
+    def __repr__(self) -> str:
+        return f"LogFollower({self.path!r}, position={self.position})"
+
+    def __enter__(self) -> LogFollower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def position(self) -> FilePosition | None:
+        """The current file and the offset after its last complete line, or ``None``."""
+        c = self._current
+        return None if c is None else FilePosition(c.device, c.inode, c.committed)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {
+            "lines": self.lines,
+            "overlong": self.overlong,
+            "incomplete": self.incomplete,
+            "undecodable": self.undecodable,
+            "rotations": self.rotations,
+            "truncations": self.truncations,
+        }
+
+    # --- polling ----------------------------------------------------------------------
+
+    def poll(self) -> list[str]:
+        """The complete lines appended since the last poll, oldest file first."""
+        if self._closed:
+            raise ValueError("poll() on a closed LogFollower")
+        out: list[str] = []
+        budget = self.max_read
+        self.behind = False
+        now = self._clock()
+        for source in list(self._draining):
+            got = self._read(source, out, budget)
+            budget -= got
+            if not source.eof:
+                return self._done(out, behind=True)
+            if got:
+                source.quiet_since = now
+            elif now - source.quiet_since >= self.rotation_grace:
+                self._retire(source)
+        current = self._current
+        if current is not None:
+            self._check_truncated(current)  # before reading: see _still_ours
+            budget -= self._read(current, out, budget)
+            if not current.eof:
+                return self._done(out, behind=True)
+        if self._check_path(now):
+            # A new file, a truncated one, or one rotated while we were stopped: read
+            # what is there now, older files first.
+            for source in [*self._draining, *([self._current] if self._current else [])]:
+                budget -= self._read(source, out, budget)
+                if not source.eof:
+                    return self._done(out, behind=True)
+        return self._done(out, behind=False)
+
+    def _done(self, out: list[str], *, behind: bool) -> list[str]:
+        self.behind = behind
+        self.lines += len(out)
+        self.save_state()
+        return out
+
+    def _read(self, source: _Source, out: list[str], budget: int) -> int:
+        """Read up to ``budget`` bytes, appending complete lines to ``out``; bytes read."""
+        total = 0
+        source.eof = False
+        while total < budget:
+            try:
+                chunk = os.read(source.fd, min(_CHUNK, budget - total))
+            except OSError as exc:
+                self._trouble(f"cannot read {source.name}: {exc}")
+                source.eof = True
+                break
+            if not chunk:
+                source.eof = True
+                break
+            total += len(chunk)
+            source.offset += len(chunk)
+            self._split(source, chunk, out)
+        return total
+
+    def _split(self, source: _Source, chunk: bytes, out: list[str]) -> None:
+        start = 0
+        if source.skip:
+            start = chunk.find(b"\n") + 1
+            if start == 0:
+                return  # still inside the overlong line
+            source.skip = False
+        parts = chunk[start:].split(b"\n")
+        rest = parts.pop()
+        limit = self.max_line
+        pending = source.pending
+        if parts and pending:
+            parts[0] = bytes(pending) + parts[0]
+            pending.clear()
+        for raw in parts:
+            if len(raw) > limit:
+                self.overlong += 1
+                continue
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                self.undecodable += 1
+                out.append(raw.decode("utf-8", "replace"))
+        if rest:
+            if len(pending) + len(rest) > limit:
+                self.overlong += 1
+                pending.clear()
+                source.skip = True
+            else:
+                pending += rest
+
+    # --- the path: rotation, truncation, disappearance --------------------------------
+
+    def _check_path(self, now: float) -> bool:
+        """Look at what the path names now; whether there is something new to read."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if self._current is None and not self._recovered and self._saved is not None:
+                return self._recover_rotated(self._saved, now)
+            self._trouble(f"{self.path} is missing; waiting for it")
+            return False
+        except OSError as exc:
+            self._trouble(f"cannot stat {self.path}: {exc}")
+            return False
+        current = self._current
+        if current is not None and (st.st_dev, st.st_ino) == (current.device, current.inode):
+            self._problem = ""
+            return self._check_truncated(current)
+        source = self._open(self.path)
+        if source is None:
+            return False
+        self._problem = ""
+        if current is not None:
+            log.info("%s was rotated; reading the new file from the start", self.path)
+            current.quiet_since = now
+            self._draining.append(current)
+            self.rotations += 1
+        else:
+            self._position_first(source, now)
+        self._current = source
+        return True
+
+    def _check_truncated(self, source: _Source) -> bool:
+        """Start again from 0 if the file was truncated in place; whether it was."""
+        try:
+            size = os.fstat(source.fd).st_size
+        except OSError:
+            return False
+        if size >= source.offset and self._still_ours(source):
+            return False
+        log.info("%s was truncated; reading it from the start", source.name)
+        if source.pending:
+            self.incomplete += 1
+        source.seek(0)
+        self.truncations += 1
+        return True
+
+    def _still_ours(self, source: _Source) -> bool:
+        """Whether the byte before our position is the one we read there."""
+        if source.offset == 0 or source.skip:
+            return True
+        expected = source.pending[-1:] if source.pending else b"\n"
+        return _byte_at(source.fd, source.offset - 1) == expected
+
+    def _open(self, name: str) -> _Source | None:
+        try:
+            fd = os.open(name, _OPEN_FLAGS)
+        except OSError as exc:
+            self._trouble(f"cannot open {name}: {exc}")
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            self._trouble(f"{name} is not a regular file")
+            return None
+        return _Source(fd, st, name)
+
+    def _position_first(self, source: _Source, now: float) -> None:
+        """Where to start in the first file opened: the saved position, or 0, or the end."""
+        saved = self._saved
+        if saved is None:
+            if self.start_at_end:
+                end = os.lseek(source.fd, 0, os.SEEK_END)
+                source.offset = end
+                source.skip = end > 0 and _byte_at(source.fd, end - 1) != b"\n"
+            return
+        if (source.device, source.inode) == (saved.device, saved.inode):
+            if self._resumable(source, saved):
+                source.seek(saved.offset)
+                source.skip = saved.skip
+            else:
+                # Truncated (copytruncate), or a new file given the inode that the
+                # rotation of ours freed: no other file can hold that inode now.
+                log.info(
+                    "%s was truncated or replaced while stopped; reading it from the start",
+                    self.path,
+                )
+                self.truncations += 1
+            return
+        if not self._recovered:
+            self._recover_rotated(saved, now)
+
+    def _resumable(self, source: _Source, saved: _Saved) -> bool:
+        """Whether ``source`` is the file of ``saved`` and still holds its position."""
+        if saved.offset > os.fstat(source.fd).st_size:
+            return False
+        if _head(source.fd, saved.head_length) != saved.head:
+            return False
+        return saved.skip or saved.offset == 0 or _byte_at(source.fd, saved.offset - 1) == b"\n"
+
+    def _recover_rotated(self, saved: _Saved, now: float) -> bool:
+        """Find the file we were reading when stopped, rotated since, to read its rest
+        first; whether it was found."""
+        self._recovered = True
+        name = self._find_by_inode(saved)
+        source = None if name is None else self._open(name)
+        if source is not None and (
+            (source.device, source.inode) != (saved.device, saved.inode)
+            or not self._resumable(source, saved)  # the inode was reused
+        ):
+            os.close(source.fd)
+            source = None
+        if source is None:
+            log.warning(
+                "%s was rotated while stopped and the old file was not found beside it; "
+                "lines written to it after the stop are not read",
+                self.path,
+            )
+            return False
+        source.seek(saved.offset)
+        source.skip = saved.skip
+        source.quiet_since = now
+        log.info("%s was rotated while stopped; reading the rest of %s first", self.path, name)
+        self._draining.append(source)
+        self.rotations += 1
+        return True
+
+    def _find_by_inode(self, saved: _Saved) -> str | None:
+        directory, base = os.path.split(self.path)
+        try:
+            entries = os.scandir(directory or ".")
+        except OSError:
+            return None
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name == base or not name.startswith(base) or name.endswith(_COMPRESSED):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) == (saved.device, saved.inode):
+                        return entry.path
+        return None
+
+    def _retire(self, source: _Source) -> None:
+        if source.pending:
+            self.incomplete += 1  # a line its writer never finished
+        os.close(source.fd)
+        self._draining.remove(source)
+
+    def _trouble(self, message: str) -> None:
+        if message != self._problem:
+            self._problem = message
+            log.warning("%s", message)
+
+    # --- state ------------------------------------------------------------------------
+
+    def _load_state(self) -> _Saved | None:
+        if self.state_path is None:
+            return None
+        try:
+            with open(self.state_path, "rb") as file:
+                document = json.loads(file.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the follower state %s: %s", self.state_path, exc)
+            return None
+        saved = _Saved.from_json(document)
+        if saved is None:
+            log.warning("ignoring the follower state %s: not a valid state file", self.state_path)
+            return None
+        if document["path"] != self.path:
+            log.warning(
+                "ignoring the follower state %s: it is for %r, not %r",
+                self.state_path,
+                document["path"],
+                self.path,
+            )
+            return None
+        return saved
+
+    def save_state(self) -> None:
+        """Write the position to ``state_path`` if it moved since the last save."""
+        current = self._current
+        if self.state_path is None or current is None:
+            return
+        offset = current.committed
+        length = min(offset, _HEAD)
+        if current.head is None or current.head[0] != length:
+            current.head = (length, _head(current.fd, length))
+        saved = _Saved(current.device, current.inode, offset, current.skip, *current.head)
+        if saved == self._on_disk:
+            return
+        try:
+            write_atomically(self.state_path, saved.to_json(self.path), mode=0o600)
+        except OSError as exc:
+            self._trouble(f"cannot save the follower state {self.state_path}: {exc}")
+            return
+        self._on_disk = saved
+
+    def close(self) -> None:
+        """Save the position and close the files."""
+        if self._closed:
+            return
+        self.save_state()
+        for source in [*self._draining, *([self._current] if self._current else [])]:
+            os.close(source.fd)
+        self._draining = []
+        self._current = None
+        self._closed = True
+
+
+# --- the watcher ----------------------------------------------------------------------
+
+
+class LoginRecordLike(Protocol):
+    """What the watcher reads of a parser's login event (a ``LoginEvent`` has it)."""
+
+    @property
+    def time(self) -> float: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+
+
+class LoginLineParser(Protocol):
+    """A parser: a login event for a login line, ``None`` for any other line."""
+
+    def parse(self, line: str) -> LoginRecordLike | None: ...
+
+
+class LoginTable(Protocol):
+    """What the watcher needs of a table (:class:`~relaypolicy.iptable.ExpiringIpTable`)."""
+
+    def record(
+        self, address: str, *, user: str | None = None, ttl: float | None = None
+    ) -> None: ...
+    def expire(self) -> int: ...
+    def entries(self) -> list[IpEntry]: ...
+
+
+class Watcher:
+    """Records the logins of log lines in a table, each for what remains of its time.
+
+    A login at time ``t`` (wall-clock, from the line) read at ``wall_clock()`` gets
+    ``ttl - (now - t)`` seconds: an old one only its remaining time, an expired one none
+    (counted in ``stale``). A login dated in the future is taken as happening now (beyond
+    ``future_skew`` seconds it is counted in ``future``: a clock or a year is wrong), so
+    no entry lasts longer than ``ttl`` (default: the table's). Counters: ``lines``,
+    ``logins``, ``stale``, ``future``, ``expired`` (removed by sweeps) and
+    ``malformed``: overlong or unfinished lines from the follower, lines the parser
+    refused (its own ``malformed`` count, when it keeps one), and events whose address
+    the table refused.
+    """
+
+    def __init__(
+        self,
+        table: LoginTable,
+        parser: LoginLineParser,
+        *,
+        ttl: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        future_skew: float = 60.0,
+    ) -> None:
+        if ttl is None:
+            ttl = getattr(table, "ttl", None)
+            if ttl is None:
+                raise TypeError("ttl: the table has no ttl attribute; pass ttl=")
+        if not (0 < ttl < math.inf):
+            raise ValueError(f"ttl: must be positive and finite, not {ttl!r}")
+        self.table = table
+        self.parser = parser
+        self.ttl = float(ttl)
+        self.wall_clock = wall_clock
+        self.future_skew = future_skew
+        self.follower: LogFollower | None = None  # set by run(), for the counters
+        self.lines = self.logins = self.stale = self.future = self.expired = 0
+        self._refused = 0
+
+    @property
+    def malformed(self) -> int:
+        count = self._refused
+        parsed = getattr(self.parser, "malformed", 0)
+        if isinstance(parsed, int):
+            count += parsed
+        if self.follower is not None:
+            count += self.follower.overlong + self.follower.incomplete
+        return count
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {
+            "lines": self.lines,
+            "logins": self.logins,
+            "stale": self.stale,
+            "future": self.future,
+            "expired": self.expired,
+            "malformed": self.malformed,
+        }
+
+    def feed(self, lines: Iterable[str]) -> int:
+        """Parse ``lines`` and record their logins; how many were recorded."""
+        parse = self.parser.parse
+        record = self.table.record
+        ttl = self.ttl
+        now = self.wall_clock()
+        recorded = 0
+        for line in lines:
+            self.lines += 1
+            event = parse(line)
+            if event is None:
+                continue
+            when = event.time
+            if not math.isfinite(when):
+                self._refused += 1
+                continue
+            age = now - when
+            if age < -self.future_skew:
+                self.future += 1
+            remaining = ttl - age if age > 0 else ttl
+            if remaining <= 0:
+                self.stale += 1
+                continue
+            try:
+                record(event.address, user=event.user or None, ttl=remaining)
+            except (ValueError, TypeError) as exc:
+                self._refused += 1
+                log.warning("watcher: the table refused %r: %s", event.address, exc)
+                continue
+            recorded += 1
+        self.logins += recorded
+        return recorded
+
+    def sweep(self) -> int:
+        """Remove the expired entries from the table now; how many."""
+        removed = self.table.expire()
+        self.expired += removed
+        return removed
+
+    async def run(
+        self,
+        follower: LogFollower,
+        *,
+        stop: asyncio.Event,
+        interval: float = 0.25,
+        sweep_interval: float = 1.0,
+        exporters: Sequence[Exporter] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Follow the log until ``stop`` is set: lines are recorded within ``interval``
+        of being written, the table is swept every ``sweep_interval`` (on ``clock``)
+        even when no line arrives, and ``exporters`` are updated after every change and
+        cleared when the watcher stops (see :meth:`Exporter.close`)."""
+        self.follower = follower
+        next_sweep = -math.inf
+        seen_logins = -1  # forces a first export
+
+        def on_tick() -> None:
+            nonlocal next_sweep, seen_logins
+            now = clock()
+            removed = 0
+            if now >= next_sweep:
+                removed = self.sweep()
+                next_sweep = now + sweep_interval
+            if not exporters:
+                return
+            if removed or self.logins != seen_logins:
+                seen_logins = self.logins
+                entries = self.table.entries()
+                for exporter in exporters:
+                    exporter.update(entries)
+            for exporter in exporters:
+                exporter.maybe_write()
+
+        try:
+            await follow(follower, self.feed, stop=stop, interval=interval, on_tick=on_tick)
+        finally:
+            for exporter in exporters:
+                exporter.close()
+
+
+async def follow(
+    follower: LogFollower,
+    handle_lines: Callable[[list[str]], object],
+    *,
+    stop: asyncio.Event,
+    interval: float = 0.25,
+    on_tick: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``follower`` every ``interval`` seconds (again at once while it is behind)
+    until ``stop`` is set, passing new lines to ``handle_lines``, then calling
+    ``on_tick``. Each round runs in a worker thread (:func:`asyncio.to_thread`), so file
+    reads and fsyncs never stall the event loop; rounds never overlap. The position is
+    saved when it returns; the follower stays open."""
+
+    def tick() -> bool:
+        lines = follower.poll()
+        if lines:
+            handle_lines(lines)
+        if on_tick is not None:
+            on_tick()
+        return follower.behind
+
+    try:
+        while not stop.is_set():
+            if await asyncio.to_thread(tick):
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        follower.save_state()
