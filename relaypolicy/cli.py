@@ -160,6 +160,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_smtpd_parser(commands)
     add_passwd_parser(commands)
+
+    from relaypolicy.watch.command import add_watch_parser
+
+    add_watch_parser(commands)
     return parser
 
 
@@ -312,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from relaypolicy.smtpd.command import run_passwd
 
             return run_passwd(args)
+        if args.command == "watch":
+            from relaypolicy.watch.command import run_watch
+
+            return run_watch(args)
     except UsageError as exc:
         print(f"relaypolicy {args.command}: error: {exc}", file=sys.stderr)
         return EX_USAGE

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -24,6 +24,9 @@ from relaypolicy.policies import FirstMatch, LocalDomainOnly, OpenRelay, Policy,
 from relaypolicy.policies.auth import ClientCertificate, SmtpAuthRequired
 from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
 from relaypolicy.policies.ports import ByServerPort
+
+if TYPE_CHECKING:
+    from relaypolicy.watch.runner import WatchSettings
 
 __all__ = ["STEPS", "Config", "ConfigError", "load_config", "parse_config"]
 
@@ -134,6 +137,7 @@ class Config:
     default: Verdict
     serve: ServeSettings
     log: LogSettings
+    watch: WatchSettings | None = None
 
     def build_policy(self, pop_table: Any = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
@@ -209,6 +213,12 @@ class Config:
                 f"/{self.pop.ipv6_prefix}{persist}"
                 + (", senders bound to logins" if self.pop.bind_sender else "")
             )
+        if self.watch is not None:
+            exports = ", ".join(f"{e.format} map {e.path}" for e in self.watch.exports)
+            lines.append(
+                f"  watching {self.watch.log} for {self.watch.format} logins"
+                + (f"; exporting {exports}" if exports else "")
+            )
 
         if self.auth.require_tls or self.auth.sender_logins:
             owned = len(self.auth.sender_logins or {})
@@ -268,6 +278,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
             "serve",
             "log",
             "smtpd",
+            "watch",
         },
         "",
     )
@@ -331,6 +342,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         default=default,
         serve=_serve_settings(data),
         log=_log_settings(data),
+        watch=_watch_settings(data, pop),
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).
@@ -340,6 +352,16 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
     return config
+
+
+def _watch_settings(data: Mapping[str, Any], pop: PopSettings | None) -> WatchSettings | None:
+    if "watch" not in data:
+        return None
+    if pop is None:
+        raise ConfigError("watch: the watcher feeds the [pop_before_smtp] table; add one")
+    from relaypolicy.watch.runner import parse_watch
+
+    return parse_watch(data["watch"])
 
 
 def _login_map(value: Any, key: str) -> dict[str, tuple[str, ...]]:

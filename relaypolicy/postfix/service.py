@@ -20,10 +20,13 @@ import signal
 import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relaypolicy.config import Config, ConfigError, load_config
 from relaypolicy.postfix.server import PolicyServer, ServerSettings, parse_listener
+
+if TYPE_CHECKING:
+    from relaypolicy.watch.runner import LoginWatch
 
 __all__ = ["Service", "configure_logging"]
 
@@ -86,6 +89,9 @@ class Service:
         self.bound: list[str] = []
         self._control: asyncio.Server | None = None
         self._stop = asyncio.Event()
+        self.watch: LoginWatch | None = None
+        self._watch_stop = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
 
     async def start(self) -> list[str]:
         specs = self.listen_override or list(self.config.serve.listen)
@@ -99,7 +105,36 @@ class Service:
                 path.unlink()
             self._control = await asyncio.start_unix_server(self._control_client, path=str(path))
             os.chmod(path, 0o600)  # the control socket can open the relay: owner only
+        self._start_watch()
         return self.bound
+
+    # --- the login watcher (``[watch]``) ---------------------------------------------
+
+    def _start_watch(self) -> None:
+        if self.config.watch is None or self.table is None:
+            return
+        from relaypolicy.watch.runner import LoginWatch, LoopTable
+
+        table = LoopTable(self.table, asyncio.get_running_loop())
+        self.watch = LoginWatch(self.config.watch, table)
+        self._watch_stop = asyncio.Event()
+        self._watch_task = asyncio.create_task(self._run_watch(self.watch, self._watch_stop))
+
+    async def _run_watch(self, watch: LoginWatch, stop: asyncio.Event) -> None:
+        # A failing watcher must not take the policy service down: log, wait, retry.
+        while not stop.is_set():
+            try:
+                await watch.run(stop)
+            except Exception:
+                log.exception("watch: the watcher failed; retrying in 5 s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5)
+
+    async def _stop_watch(self) -> None:
+        self._watch_stop.set()
+        if self._watch_task is not None:
+            await self._watch_task
+            self._watch_task = None
 
     def reload(self) -> str:
         """Swap in the policy of the file as it is now; on any error keep the old one."""
@@ -110,12 +145,25 @@ class Service:
             self.server.counters["reload-failures"] += 1
             log.error("reload failed, keeping the running configuration: %s", exc)
             return f"reload failed, keeping the running configuration: {exc}"
+        restart_watch = config.watch != self.config.watch
         self.config = config
         self.server.policy = policy
+        if restart_watch:
+            asyncio.get_running_loop().create_task(self._restart_watch())
         self.server.settings = _server_settings(config)
         self.server.counters["reloads"] += 1
         log.info("reloaded %s", self.config_path)
         return "reloaded"
+
+    async def _restart_watch(self) -> None:
+        await self._stop_watch()
+        self.watch = None
+        try:
+            self._start_watch()
+        except (OSError, ValueError) as exc:
+            log.error("watch: cannot start with the reloaded configuration: %s", exc)
+        else:
+            log.info("watch: restarted with the reloaded configuration")
 
     def stop(self) -> None:
         self._stop.set()
@@ -140,6 +188,7 @@ class Service:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.serve.control_socket)
         await self.server.close()
+        await self._stop_watch()
         self.save_table()
 
     def save_table(self) -> None:
@@ -207,6 +256,10 @@ class Service:
         counters["uptime-seconds"] = round(time.time() - self.started, 1)
         if self.table is not None:
             counters["table-entries"] = len(self.table)
+            counters["pop-ttl"] = self.table.ttl
+        if self.watch is not None:
+            for key, value in self.watch.counters().items():
+                counters[f"watch-{key}"] = value
         return counters
 
     def _table_command(self, command: str, message: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,377 @@
+"""The ``[watch]`` table of the configuration, and the running watcher built from it.
+
+One log, one parser, a position file and any number of exported maps::
+
+    [watch]
+    log = "/var/log/dovecot.log"
+    format = "dovecot"            # courier, cyrus, qpopper, uw, or "regex:PATTERN"
+    position = "/var/lib/relaypolicy/dovecot.pos"
+
+    [[watch.export]]
+    path = "/etc/postfix/pop-before-smtp"
+    format = "postfix"            # postfix-cidr, exim, sendmail, plain
+
+``relaypolicy serve`` runs a :class:`LoginWatch` inside the service, on the table its
+policy reads; ``relaypolicy watch`` runs one alone (:mod:`relaypolicy.watch.command`).
+Relative paths are relative to the working directory, like ``pop_before_smtp.persist``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import math
+import socket
+import time
+import zoneinfo
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from relaypolicy.config import ConfigError
+from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError
+from relaypolicy.watch.follow import LogFollower, LoginTable, Watcher
+from relaypolicy.watch.framing import LineFraming
+from relaypolicy.watch.parsers import LineParser, parser_for
+
+if TYPE_CHECKING:
+    from relaypolicy.iptable.base import IpEntry
+
+__all__ = [
+    "ControlSocketTable",
+    "ExportSettings",
+    "LoginWatch",
+    "LoopTable",
+    "WatchSettings",
+    "parse_watch",
+]
+
+log = logging.getLogger("relaypolicy.watch")
+
+_WATCH_KEYS = {"log", "format", "position", "start_at_end", "timezone", "interval", "export"}
+_EXPORT_KEYS = {"path", "format", "map_type", "interval", "postmap_config"}
+_MAP_TYPES = ("texthash", "hash", "btree")
+
+
+@attrs.frozen
+class ExportSettings:
+    """One ``[[watch.export]]``: a map file kept in step with the table."""
+
+    path: str
+    format: str
+    map_type: str | None = None
+    interval: float = 1.0
+    postmap_config: str | None = None
+
+    def exporter(self) -> Exporter:
+        return Exporter(
+            self.path,
+            self.format,
+            map_type=self.map_type,
+            postmap_config=self.postmap_config,
+            interval=self.interval,
+        )
+
+
+@attrs.frozen
+class WatchSettings:
+    """``[watch]``: which log to follow, how to read it, and what to export."""
+
+    log: str
+    format: str
+    position: str = ""  # the follower's state file; empty: read the log from its start
+    start_at_end: bool = False  # without a position: skip what the log already holds
+    timezone: str = ""  # for year-less syslog times; empty: the machine's local time
+    interval: float = 0.25  # seconds between two looks at the log
+    exports: tuple[ExportSettings, ...] = ()
+
+    def parser(self, *, clock: Any = time.time) -> LineParser:
+        tz = zoneinfo.ZoneInfo(self.timezone) if self.timezone else None
+        return parser_for(
+            self.format, framing=LineFraming(clock=clock, tz=tz), on_malformed=_log_malformed
+        )
+
+
+def _log_malformed(line: str, reason: str) -> None:
+    # A crafted or damaged line deserves a look; repr() keeps control characters visible.
+    log.warning("watch: refused a malformed login line (%s): %.300r", reason, line)
+
+
+def _get(table: Mapping[str, Any], key: str, kind: Any, expected: str, where: str) -> Any:
+    value = table[key]
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
+    return value
+
+
+def _seconds(table: Mapping[str, Any], key: str, where: str, low: float, high: float) -> float:
+    value = float(_get(table, key, int | float, "seconds", where))
+    if not (low <= value <= high) or math.isnan(value):
+        raise ConfigError(f"{where}.{key}: expected seconds from {low:g} to {high:g}")
+    return value
+
+
+def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: unknown key (expected one of {', '.join(sorted(known))})"
+        )
+
+
+def _parse_export(table: Any, where: str) -> ExportSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    _no_unknown(table, _EXPORT_KEYS, where)
+    for key in ("path", "format"):
+        if key not in table:
+            raise ConfigError(f"{where}.{key}: missing")
+    path = _get(table, "path", str, "a file path", where)
+    if not path:
+        raise ConfigError(f"{where}.path: empty")
+    format = _get(table, "format", str, "a map format", where)
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"{where}.format: expected one of {', '.join(EXPORT_FORMATS)}, got {format!r}"
+        )
+    map_type = None
+    if "map_type" in table:
+        map_type = _get(table, "map_type", str, "a map type", where)
+        if format != "postfix":
+            raise ConfigError(f"{where}.map_type: only the postfix format has one")
+        if map_type not in _MAP_TYPES:
+            raise ConfigError(
+                f"{where}.map_type: expected one of {', '.join(_MAP_TYPES)}, got {map_type!r}"
+            )
+    interval = _seconds(table, "interval", where, 0.0, 3600.0) if "interval" in table else 1.0
+    postmap_config = None
+    if "postmap_config" in table:
+        postmap_config = _get(table, "postmap_config", str, "a directory", where)
+    return ExportSettings(path, format, map_type, interval, postmap_config)
+
+
+def parse_watch(table: Any) -> WatchSettings:
+    """Validate a ``[watch]`` table; :class:`ConfigError` names the key."""
+    where = "watch"
+    if not isinstance(table, dict):
+        raise ConfigError(f"watch: expected a table, got {table!r}")
+    _no_unknown(table, _WATCH_KEYS, where)
+    for key in ("log", "format"):
+        if key not in table:
+            raise ConfigError(f"watch.{key}: missing (the log to follow and its format)")
+    path = _get(table, "log", str, "a file path", where)
+    if not path:
+        raise ConfigError("watch.log: empty")
+    format = _get(table, "format", str, "a log format", where)
+    position = _get(table, "position", str, "a file path", where) if "position" in table else ""
+    start_at_end = (
+        _get(table, "start_at_end", bool, "true or false", where)
+        if "start_at_end" in table
+        else False
+    )
+    timezone = _get(table, "timezone", str, "a zone name", where) if "timezone" in table else ""
+    interval = _seconds(table, "interval", where, 0.01, 10.0) if "interval" in table else 0.25
+    exports_table = table.get("export", [])
+    if isinstance(exports_table, dict):  # [watch.export] written once, not [[...]]
+        exports_table = [exports_table]
+    if not isinstance(exports_table, list):
+        raise ConfigError("watch.export: expected [[watch.export]] tables")
+    exports = tuple(
+        _parse_export(item, f"watch.export[{index}]") for index, item in enumerate(exports_table)
+    )
+    paths = [export.path for export in exports]
+    if len(set(paths)) != len(paths):
+        raise ConfigError("watch.export: two exports write the same path")
+    settings = WatchSettings(path, format, position, start_at_end, timezone, interval, exports)
+    try:
+        settings.parser()
+    except zoneinfo.ZoneInfoNotFoundError:
+        raise ConfigError(f"watch.timezone: unknown zone {timezone!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"watch.format: {exc}") from None
+    for index, export in enumerate(exports):
+        try:
+            export.exporter()  # finds postmap for hash:/btree: now, not at the first write
+        except ExportError as exc:
+            raise ConfigError(f"watch.export[{index}]: {exc}") from None
+    return settings
+
+
+class ControlSocketTable:
+    """The table of a running ``relaypolicy serve``, reached through its control socket.
+
+    What ``relaypolicy watch --control-socket`` feeds: each login becomes an ``add`` with
+    the login's remaining time; expiry is the service's own business. Calls block (the
+    watcher makes them from a worker thread). While the service cannot be reached (a
+    restart), logins wait in a bounded queue (``max_pending``; the oldest are dropped
+    first and counted in ``dropped``) and are sent again at the next login or sweep, with
+    what remains of their time: a login is never given more time than it had.
+    """
+
+    def __init__(self, path: str, *, timeout: float = 10.0, max_pending: int = 100_000) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._pending: collections.deque[tuple[str, str | None, float]] = collections.deque()
+        self._failing = False
+        stats = self._ask({"command": "stats"}).get("stats", {})
+        if "pop-ttl" not in stats:
+            raise OSError(f"{self.path}: the service has no POP-before-SMTP table")
+        self.ttl = float(stats["pop-ttl"])
+
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        try:
+            reply = json.loads(answer)
+        except ValueError:
+            raise OSError(f"{self.path}: not a relaypolicy control socket") from None
+        if not isinstance(reply, dict):
+            raise OSError(f"{self.path}: not a relaypolicy control socket")
+        if not reply.get("ok"):
+            raise ValueError(str(reply.get("error", "refused")))
+        return reply
+
+    def record(self, address: str, *, user: str | None = None, ttl: float | None = None) -> None:
+        deadline = time.monotonic() + (self.ttl if ttl is None else ttl)
+        self._pending.append((address, user, deadline))
+        while len(self._pending) > self.max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._pending:
+            address, user, deadline = self._pending[0]
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                message: dict[str, Any] = {"command": "add", "address": address}
+                message["ttl"] = remaining
+                if user is not None:
+                    message["user"] = user
+                try:
+                    self._ask(message)
+                except OSError as exc:
+                    if not self._failing:
+                        log.error("watch: cannot reach %s, keeping logins: %s", self.path, exc)
+                    self._failing = True
+                    return
+                except ValueError as exc:  # the service refused this one: say so, go on
+                    log.warning("watch: %s refused %r: %s", self.path, address, exc)
+            self._pending.popleft()
+        if self._failing:
+            log.info("watch: %s reachable again, logins sent", self.path)
+            self._failing = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def expire(self) -> int:
+        """Sends what is waiting; the service expires its own entries (returns 0)."""
+        self._flush()
+        return 0
+
+    def entries(self) -> list[IpEntry]:
+        from relaypolicy.iptable.base import IpEntry
+
+        try:
+            listed = self._ask({"command": "table"}).get("entries", [])
+        except (OSError, ValueError) as exc:  # exported maps fail closed: empty
+            log.error("watch: cannot list the table of %s: %s", self.path, exc)
+            return []
+        now = time.monotonic()
+        return [
+            IpEntry(item["address"], now + float(item["expires_in"]), item.get("user"))
+            for item in listed
+        ]
+
+
+class LoopTable:
+    """A table that lives on an event loop, written from the watcher's worker thread.
+
+    The policy service reads its table on the loop thread; the watcher polls the log in
+    a worker thread (:func:`asyncio.to_thread`). Every call here is run on the loop and
+    waited for, so the table is only ever touched by one thread and needs no lock on the
+    decision path.
+    """
+
+    def __init__(self, table: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.table = table
+        self.loop = loop
+        self.ttl = table.ttl
+
+    def _on_loop(self, call: Any) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed back to the calling thread
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result()
+
+    def record(self, address: str, *, user: str | None = None, ttl: float | None = None) -> None:
+        self._on_loop(lambda: self.table.record(address, user=user, ttl=ttl))
+
+    def expire(self) -> int:
+        return int(self._on_loop(self.table.expire))
+
+    def entries(self) -> list[IpEntry]:
+        return list(self._on_loop(self.table.entries))
+
+
+class LoginWatch:
+    """A follower, a parser, a watcher and its exporters, built from :class:`WatchSettings`."""
+
+    def __init__(self, settings: WatchSettings, table: LoginTable) -> None:
+        self.settings = settings
+        self.table = table
+        self.parser = settings.parser()
+        self.watcher = Watcher(table, self.parser)
+        self.follower = LogFollower(
+            settings.log, state_path=settings.position or None, start_at_end=settings.start_at_end
+        )
+        self.watcher.follower = self.follower
+        self.exporters = [export.exporter() for export in settings.exports]
+
+    def counters(self) -> dict[str, int]:
+        """What the control socket's ``stats`` shows under ``watch-…``."""
+        counters = dict(self.watcher.counters)
+        follower = self.follower.counters
+        for key in ("rotations", "truncations", "undecodable"):
+            counters[key] = follower.get(key, 0)
+        counters["export-writes"] = sum(exporter.writes for exporter in self.exporters)
+        counters["export-errors"] = sum(exporter.errors for exporter in self.exporters)
+        return counters
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the log until ``stop`` is set; the position is saved, the follower
+        closed and the exported maps emptied when it returns."""
+        log.info("watch: following %s (%s)", self.settings.log, self.settings.format)
+        try:
+            await self.watcher.run(
+                self.follower,
+                stop=stop,
+                interval=self.settings.interval,
+                exporters=self.exporters,
+            )
+        finally:
+            self.follower.close()
