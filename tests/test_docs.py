@@ -25,6 +25,8 @@ def python_blocks() -> list[tuple[str, int, str]]:
 
 @pytest.mark.parametrize(("name", "number", "code"), python_blocks())
 def test_example_runs_and_prints_what_it_says(name: str, number: int, code: str) -> None:
+    wrapped = [line for line in code.splitlines() if re.match(r"^\s*\)\s*# ", line)]
+    assert not wrapped, f"a print wrapped over lines hides its expected output: {wrapped}"
     expected = [m.group(1).strip() for line in code.splitlines() if (m := PRINTED.match(line))]
     for listed in PRINTS.findall(code):
         expected += [part.strip() for part in listed.split("|")]

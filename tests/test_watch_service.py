@@ -221,7 +221,7 @@ def test_reload_with_another_log_restarts_the_watcher(tmp_path: Path) -> None:
             write(second)
             assert service.reload() == "reloaded"
             deadline = time.monotonic() + 10
-            while service.watch is None or service.watch.settings.log != str(second):
+            while service.watch.watch is None or service.watch.watch.settings.log != str(second):
                 assert time.monotonic() < deadline, "the watcher was not restarted"
                 await asyncio.sleep(0.02)
             append(second, LOGIN, "127.0.0.13")
@@ -366,3 +366,49 @@ def test_watch_without_a_service_says_so(tmp_path: Path) -> None:
     )
     assert done.returncode == 69
     assert "cannot use" in done.stderr
+
+
+# --- inside `relaypolicy smtpd` ---------------------------------------------------------
+
+
+def test_smtpd_runs_the_watcher_and_lets_a_pop_client_relay(tmp_path: Path) -> None:
+    pytest.importorskip("aiosmtpd")
+    import smtplib
+
+    from relaypolicy.smtpd.server import SmtpdServer
+    from relaypolicy.smtpd.settings import load_smtpd_config
+
+    log = tmp_path / "dovecot.log"
+    log.write_text("")
+    port = free_port()
+    config = tmp_path / "smtpd.toml"
+    config.write_text(
+        POLICY + f'\n[watch]\nlog = "{log}"\nformat = "dovecot"\ninterval = 0.05\n\n'
+        f'[smtpd]\nlisten = ["127.0.0.1:{port}"]\nhostname = "mx.example.org"\n'
+        f'maildir = "{tmp_path / "maildirs"}"\noutgoing = "{tmp_path / "outgoing"}"\n'
+    )
+
+    def rcpt_code(source: str) -> int:
+        with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=10) as client:
+            client.ehlo("laptop.example")
+            client.mail("taro@example.org")
+            code, _ = client.rcpt("friend@elsewhere.example")
+            return code
+
+    async def scenario() -> None:
+        loaded, settings = load_smtpd_config(config)
+        server = SmtpdServer(loaded, settings)
+        await server.start()
+        try:
+            assert await asyncio.to_thread(rcpt_code, "127.0.0.11") == 554
+            append(log, LOGIN, "127.0.0.11")
+            deadline = time.monotonic() + 10
+            while "127.0.0.11" not in server.table:
+                assert time.monotonic() < deadline, "the login never reached the table"
+                await asyncio.sleep(0.02)
+            assert await asyncio.to_thread(rcpt_code, "127.0.0.11") == 250
+            assert await asyncio.to_thread(rcpt_code, "127.0.0.12") == 554
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())

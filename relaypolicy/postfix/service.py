@@ -17,21 +17,18 @@ import json
 import logging
 import os
 import signal
-import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relaypolicy.config import Config, ConfigError, load_config
+from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
 from relaypolicy.postfix.server import PolicyServer, ServerSettings, parse_listener
-
-if TYPE_CHECKING:
-    from relaypolicy.watch.runner import LoginWatch
+from relaypolicy.watch.runner import WatchTask
 
 __all__ = ["Service", "configure_logging"]
 
 log = logging.getLogger("relaypolicy.serve")
-MAX_CONTROL_LINE = 64 * 1024
 
 
 class _JsonFormatter(logging.Formatter):
@@ -89,52 +86,16 @@ class Service:
         self.bound: list[str] = []
         self._control: asyncio.Server | None = None
         self._stop = asyncio.Event()
-        self.watch: LoginWatch | None = None
-        self._watch_stop = asyncio.Event()
-        self._watch_task: asyncio.Task[None] | None = None
+        self.watch = WatchTask()
 
     async def start(self) -> list[str]:
         specs = self.listen_override or list(self.config.serve.listen)
         listeners = [parse_listener(spec, mode=self.config.serve.socket_mode) for spec in specs]
         self.bound = await self.server.start(listeners)
         if self.config.serve.control_socket:
-            path = Path(self.config.serve.control_socket)
-            if path.exists() or path.is_symlink():
-                if not stat.S_ISSOCK(path.lstat().st_mode):
-                    raise OSError(f"{path} exists and is not a socket; not replacing it")
-                path.unlink()
-            self._control = await asyncio.start_unix_server(self._control_client, path=str(path))
-            os.chmod(path, 0o600)  # the control socket can open the relay: owner only
-        self._start_watch()
+            self._control = await start_control(self.config.serve.control_socket, self.control)
+        self.watch.start(self.config.watch, self.table)
         return self.bound
-
-    # --- the login watcher (``[watch]``) ---------------------------------------------
-
-    def _start_watch(self) -> None:
-        if self.config.watch is None or self.table is None:
-            return
-        from relaypolicy.watch.runner import LoginWatch, LoopTable
-
-        table = LoopTable(self.table, asyncio.get_running_loop())
-        self.watch = LoginWatch(self.config.watch, table)
-        self._watch_stop = asyncio.Event()
-        self._watch_task = asyncio.create_task(self._run_watch(self.watch, self._watch_stop))
-
-    async def _run_watch(self, watch: LoginWatch, stop: asyncio.Event) -> None:
-        # A failing watcher must not take the policy service down: log, wait, retry.
-        while not stop.is_set():
-            try:
-                await watch.run(stop)
-            except Exception:
-                log.exception("watch: the watcher failed; retrying in 5 s")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 5)
-
-    async def _stop_watch(self) -> None:
-        self._watch_stop.set()
-        if self._watch_task is not None:
-            await self._watch_task
-            self._watch_task = None
 
     def reload(self) -> str:
         """Swap in the policy of the file as it is now; on any error keep the old one."""
@@ -149,21 +110,11 @@ class Service:
         self.config = config
         self.server.policy = policy
         if restart_watch:
-            asyncio.get_running_loop().create_task(self._restart_watch())
+            asyncio.get_running_loop().create_task(self.watch.restart(config.watch, self.table))
         self.server.settings = _server_settings(config)
         self.server.counters["reloads"] += 1
         log.info("reloaded %s", self.config_path)
         return "reloaded"
-
-    async def _restart_watch(self) -> None:
-        await self._stop_watch()
-        self.watch = None
-        try:
-            self._start_watch()
-        except (OSError, ValueError) as exc:
-            log.error("watch: cannot start with the reloaded configuration: %s", exc)
-        else:
-            log.info("watch: restarted with the reloaded configuration")
 
     def stop(self) -> None:
         self._stop.set()
@@ -188,7 +139,7 @@ class Service:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.serve.control_socket)
         await self.server.close()
-        await self._stop_watch()
+        await self.watch.stop()
         self.save_table()
 
     def save_table(self) -> None:
@@ -206,46 +157,20 @@ class Service:
 
     # --- control socket ---------------------------------------------------------------
 
-    async def _control_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
-                    return
-                except asyncio.LimitOverrunError:
-                    writer.write(b'{"ok": false, "error": "line too long"}\n')
-                    return
-                if len(line) > MAX_CONTROL_LINE:
-                    writer.write(b'{"ok": false, "error": "line too long"}\n')
-                    return
-                reply = self.control(line)
-                writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, OSError):
-            return
-        finally:
-            writer.close()
-
     def control(self, line: bytes) -> dict[str, Any]:
         """Answer one control command (a JSON object with ``command``)."""
-        try:
-            message = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            return {"ok": False, "error": "not a JSON object"}
-        if not isinstance(message, dict) or not isinstance(message.get("command"), str):
-            return {"ok": False, "error": 'expected {"command": ...}'}
-        command = message["command"]
+        parsed = read_command(line)
+        if isinstance(parsed, dict):
+            return parsed
+        command, message = parsed
         try:
             if command == "stats":
                 return {"ok": True, "stats": self.stats()}
             if command == "reload":
                 result = self.reload()
                 return {"ok": result == "reloaded", "result": result}
-            if command in ("table", "add", "remove"):
-                return self._table_command(command, message)
+            if command in TABLE_COMMANDS:
+                return table_command(self.table, command, message)
         except (ValueError, TypeError) as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": False, "error": f"unknown command {command!r}"}
@@ -257,36 +182,5 @@ class Service:
         if self.table is not None:
             counters["table-entries"] = len(self.table)
             counters["pop-ttl"] = self.table.ttl
-        if self.watch is not None:
-            for key, value in self.watch.counters().items():
-                counters[f"watch-{key}"] = value
+        counters.update(self.watch.counters())
         return counters
-
-    def _table_command(self, command: str, message: dict[str, Any]) -> dict[str, Any]:
-        if self.table is None:
-            return {"ok": False, "error": "POP-before-SMTP is not configured"}
-        if command == "table":
-            now = self.table.clock()
-            entries = [
-                {"address": e.address, "user": e.user, "expires_in": round(e.expires_at - now, 1)}
-                for e in self.table.entries()
-            ]
-            return {"ok": True, "entries": entries}
-        address = message.get("address")
-        if not isinstance(address, str):
-            return {"ok": False, "error": '"address" must be a string'}
-        if command == "remove":
-            removed = self.table.remove(address)
-            log.info("control: removed %s from the table (%s)", address, removed)
-            return {"ok": True, "removed": bool(removed)}
-        ttl = message.get("ttl")
-        if ttl is not None and (
-            isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0
-        ):
-            return {"ok": False, "error": '"ttl" must be a positive number of seconds'}
-        user = message.get("user")
-        if user is not None and not isinstance(user, str):
-            return {"ok": False, "error": '"user" must be a string'}
-        self.table.record(address, user=user, ttl=ttl)
-        log.info("control: added %s to the table", address)
-        return {"ok": True, "added": address}

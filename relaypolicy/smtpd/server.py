@@ -3,9 +3,10 @@
 :class:`SmtpdServer` puts the pieces together: the configured chain in a
 :class:`~relaypolicy.aiosmtpd.RelayPolicyHandler`, in front of a
 :class:`~relaypolicy.smtpd.delivery.MaildirDelivery`; STARTTLS when a certificate is
-configured; AUTH PLAIN/LOGIN against a password file; the POP-before-SMTP table, fed
-through the control socket (``relaypolicy ctl --socket PATH record ADDRESS``, the same
-JSON lines as ``relaypolicy serve``'s) and saved on exit when ``persist`` is set.
+configured; AUTH PLAIN/LOGIN against a password file; the POP-before-SMTP table, fed by
+the watcher of ``[watch]`` (:class:`~relaypolicy.watch.runner.WatchTask`) and through
+the control socket (``relaypolicy ctl --socket PATH record ADDRESS``, the same JSON
+lines as ``relaypolicy serve``'s), saved on exit when ``persist`` is set.
 
 SIGTERM and SIGINT stop it (exit 0).
 """
@@ -14,27 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import ssl
-import stat
-from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
 from relaypolicy.aiosmtpd import PasswordAuthenticator, RelayPolicyHandler
 from relaypolicy.config import Config
+from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
 from relaypolicy.smtpd.delivery import MaildirDelivery
 from relaypolicy.smtpd.settings import SmtpdSettings, parse_listen
+from relaypolicy.watch.runner import WatchTask
 
 __all__ = ["SmtpdServer", "make_tls_context"]
 
 log = logging.getLogger("relaypolicy.smtpd")
 AUTH_ATTEMPTS_PER_CONNECTION = 5  # each costs an scrypt computation; guessing is slowed
-MAX_CONTROL_LINE = 64 * 1024
 
 
 class _QuietLoginData(logging.Filter):
@@ -113,6 +112,7 @@ class SmtpdServer:
         self._servers: list[asyncio.Server] = []
         self._control: asyncio.Server | None = None
         self._stop = asyncio.Event()
+        self.watch = WatchTask()
 
     def smtp(self) -> SMTP:
         """One aiosmtpd protocol instance (a connection)."""
@@ -142,7 +142,8 @@ class SmtpdServer:
                 shown = f"[{address[0]}]" if ":" in address[0] else address[0]
                 self.bound.append(f"{shown}:{address[1]}")
         if self.settings.control_socket is not None:
-            await self._start_control(self.settings.control_socket)
+            self._control = await start_control(self.settings.control_socket, self.control)
+        self.watch.start(self.config.watch, self.table)
         return self.bound
 
     def describe(self) -> str:
@@ -192,6 +193,7 @@ class SmtpdServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.control_socket)
             self._control = None
+        await self.watch.stop()
         pop = self.config.pop
         if self.table is not None and pop is not None and pop.persist:
             try:
@@ -206,75 +208,19 @@ class SmtpdServer:
 
     # --- control socket: the subset of `relaypolicy serve`'s that concerns the table ---
 
-    async def _start_control(self, path: Path) -> None:
-        if path.exists() or path.is_symlink():
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise OSError(f"{path} exists and is not a socket; not replacing it")
-            path.unlink()
-        self._control = await asyncio.start_unix_server(self._control_client, path=str(path))
-        os.chmod(path, 0o600)  # the control socket can open the relay: owner only
-
-    async def _control_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                    return
-                if len(line) > MAX_CONTROL_LINE:
-                    return
-                writer.write(json.dumps(self.control(line)).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, OSError):
-            return
-        finally:
-            writer.close()
-
     def control(self, line: bytes) -> dict[str, Any]:
         """Answer one control command: ``table``, ``add`` (``record``), ``remove``, ``stats``."""
-        try:
-            message = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            return {"ok": False, "error": "not a JSON object"}
-        if not isinstance(message, dict) or not isinstance(message.get("command"), str):
-            return {"ok": False, "error": 'expected {"command": ...}'}
-        command = "add" if message["command"] == "record" else message["command"]
+        parsed = read_command(line)
+        if isinstance(parsed, dict):
+            return parsed
+        command, message = parsed
         if command == "stats":
-            entries = len(self.table) if self.table is not None else 0
-            return {"ok": True, "stats": {"table-entries": entries, "listening": self.bound}}
-        if command not in ("table", "add", "remove"):
+            stats: dict[str, Any] = {"listening": self.bound}
+            if self.table is not None:
+                stats["table-entries"] = len(self.table)
+                stats["pop-ttl"] = self.table.ttl
+            stats.update(self.watch.counters())
+            return {"ok": True, "stats": stats}
+        if command not in TABLE_COMMANDS:
             return {"ok": False, "error": f"unknown command {command!r}"}
-        if self.table is None:
-            return {"ok": False, "error": "POP-before-SMTP is not configured"}
-        if command == "table":
-            now = self.table.clock()
-            return {
-                "ok": True,
-                "entries": [
-                    {
-                        "address": e.address,
-                        "user": e.user,
-                        "expires_in": round(e.expires_at - now, 1),
-                    }
-                    for e in self.table.entries()
-                ],
-            }
-        address, user, ttl = message.get("address"), message.get("user"), message.get("ttl")
-        if not isinstance(address, str):
-            return {"ok": False, "error": '"address" must be a string'}
-        try:
-            if command == "remove":
-                return {"ok": True, "removed": bool(self.table.remove(address))}
-            if ttl is not None and (
-                isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0
-            ):
-                return {"ok": False, "error": '"ttl" must be a positive number of seconds'}
-            if user is not None and not isinstance(user, str):
-                return {"ok": False, "error": '"user" must be a string'}
-            self.table.record(address, user=user, ttl=ttl)
-        except ValueError as exc:
-            return {"ok": False, "error": str(exc)}
-        log.info("control: %s may relay (POP-before-SMTP)", address)
-        return {"ok": True, "added": address}
+        return table_command(self.table, command, message)

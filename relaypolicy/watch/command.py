@@ -44,7 +44,7 @@ EX_UNAVAILABLE = 69
 
 
 def add_watch_parser(commands: Any) -> argparse.ArgumentParser:
-    watch = commands.add_parser(
+    watch: argparse.ArgumentParser = commands.add_parser(
         "watch",
         help="follow a POP3/IMAP log and feed the POP-before-SMTP table",
         description=(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ __all__ = [
     "LoginWatch",
     "LoopTable",
     "WatchSettings",
+    "WatchTask",
     "parse_watch",
 ]
 
@@ -375,3 +377,55 @@ class LoginWatch:
             )
         finally:
             self.follower.close()
+
+
+class WatchTask:
+    """A :class:`LoginWatch` run as a task of a server's event loop, on the server's own
+    table (through :class:`LoopTable`): what ``serve`` and ``smtpd`` run for ``[watch]``.
+    A watcher that fails is logged and started again after ``retry`` seconds: it never
+    takes the server down."""
+
+    def __init__(self, *, retry: float = 5.0) -> None:
+        self.watch: LoginWatch | None = None
+        self.retry = retry
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, settings: WatchSettings | None, table: Any) -> None:
+        if settings is None or table is None:
+            return
+        self.watch = LoginWatch(settings, LoopTable(table, asyncio.get_running_loop()))
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(self.watch, self._stop))
+
+    async def _run(self, watch: LoginWatch, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await watch.run(stop)
+            except Exception:
+                log.exception("watch: the watcher failed; retrying in %g s", self.retry)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.retry)
+
+    async def stop(self) -> None:
+        """Stop the watcher: its position is saved and its exported maps emptied."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self.watch = None
+
+    async def restart(self, settings: WatchSettings | None, table: Any) -> None:
+        await self.stop()
+        try:
+            self.start(settings, table)
+        except (OSError, ValueError) as exc:
+            log.error("watch: cannot start with the reloaded configuration: %s", exc)
+        else:
+            log.info("watch: restarted with the reloaded configuration")
+
+    def counters(self) -> dict[str, int]:
+        """The watcher's counters, named ``watch-…``; empty when none runs."""
+        if self.watch is None:
+            return {}
+        return {f"watch-{key}": value for key, value in self.watch.counters().items()}

@@ -1,0 +1,107 @@
+"""The control socket shared by ``relaypolicy serve`` and ``relaypolicy smtpd``.
+
+A unix socket, mode 0600 (whoever may write to it may open the relay), that answers one
+JSON object per line: ``{"command": "stats"}`` and so on; ``relaypolicy ctl`` is its
+client. The table commands, ``table``, ``add`` (alias ``record``) and ``remove``, are
+the same for both servers and live here; each server answers ``stats`` and anything of
+its own through the ``answer`` callback it passes to :func:`start_control`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MAX_CONTROL_LINE", "TABLE_COMMANDS", "read_command", "start_control", "table_command"]
+
+log = logging.getLogger("relaypolicy.control")
+
+MAX_CONTROL_LINE = 64 * 1024
+TABLE_COMMANDS = ("table", "add", "record", "remove")
+
+
+def read_command(line: bytes) -> tuple[str, dict[str, Any]] | dict[str, Any]:
+    """``(command, message)`` from one line, or the error reply to send back."""
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return {"ok": False, "error": "not a JSON object"}
+    if not isinstance(message, dict) or not isinstance(message.get("command"), str):
+        return {"ok": False, "error": 'expected {"command": ...}'}
+    return message["command"], message
+
+
+def table_command(table: Any, command: str, message: dict[str, Any]) -> dict[str, Any]:
+    """Answer ``table``, ``add``/``record`` or ``remove`` for a POP-before-SMTP table."""
+    if table is None:
+        return {"ok": False, "error": "POP-before-SMTP is not configured"}
+    if command == "table":
+        now = table.clock()
+        entries = [
+            {"address": e.address, "user": e.user, "expires_in": round(e.expires_at - now, 1)}
+            for e in table.entries()
+        ]
+        return {"ok": True, "entries": entries}
+    address = message.get("address")
+    if not isinstance(address, str):
+        return {"ok": False, "error": '"address" must be a string'}
+    try:
+        if command == "remove":
+            removed = table.remove(address)
+            log.info("control: removed %s from the table (%s)", address, removed)
+            return {"ok": True, "removed": bool(removed)}
+        ttl, user = message.get("ttl"), message.get("user")
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9
+        ):
+            return {"ok": False, "error": '"ttl" must be a positive number of seconds'}
+        if user is not None and not isinstance(user, str):
+            return {"ok": False, "error": '"user" must be a string'}
+        table.record(address, user=user, ttl=ttl)
+    except (ValueError, TypeError) as exc:
+        return {"ok": False, "error": str(exc)}
+    log.info("control: %s may relay (POP-before-SMTP)", address)
+    return {"ok": True, "added": address}
+
+
+async def start_control(
+    path: str | Path, answer: Callable[[bytes], dict[str, Any]]
+) -> asyncio.Server:
+    """Listen on the unix socket ``path`` (mode 0600), answering each line with
+    ``answer(line)``. An existing socket there is replaced; any other file is not."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise OSError(f"{path} exists and is not a socket; not replacing it")
+        path.unlink()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    return
+                except asyncio.LimitOverrunError:
+                    writer.write(b'{"ok": false, "error": "line too long"}\n')
+                    return
+                if len(line) > MAX_CONTROL_LINE:
+                    writer.write(b'{"ok": false, "error": "line too long"}\n')
+                    return
+                reply = answer(line)
+                writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(client, path=str(path))
+    os.chmod(path, 0o600)  # the control socket can open the relay: owner only
+    return server
