@@ -258,8 +258,6 @@ def _run_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import socket
-
     if args.ctl_command is None:
         parser.error("ctl needs an action: table, add, remove, stats or reload")
     command = "add" if args.ctl_command == "record" else args.ctl_command
@@ -271,23 +269,12 @@ def _run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             message["ttl"] = args.ttl
         if args.user is not None:
             message["user"] = args.user
+    from relaypolicy.control import ask
+
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            sock.connect(args.socket)
-            sock.sendall(json.dumps(message).encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
+        reply = ask(args.socket, message)
     except OSError as exc:
         raise UsageError(f"cannot talk to {args.socket}: {exc}") from None
-    try:
-        reply = json.loads(answer)
-    except ValueError:
-        raise UsageError(f"{args.socket}: not a relaypolicy control socket") from None
     print(json.dumps(reply, indent=2, ensure_ascii=False))
     return 0 if reply.get("ok") else 1
 

@@ -28,7 +28,7 @@ from relaypolicy.policies.ports import ByServerPort
 if TYPE_CHECKING:
     from relaypolicy.watch.runner import WatchSettings
 
-__all__ = ["STEPS", "Config", "ConfigError", "load_config", "parse_config"]
+__all__ = ["STEPS", "Config", "ConfigError", "load_config", "parse_config", "read_toml"]
 
 
 class ConfigError(ValueError):
@@ -246,18 +246,25 @@ class Config:
         return "\n".join(lines)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML file; :class:`ConfigError` names the file and the key."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML document at ``path``; :class:`ConfigError` names the file and the problem
+    (the line, for a syntax error)."""
     source = str(path)
     try:
         with open(path, "rb") as stream:
-            data = tomllib.load(stream)
+            return tomllib.load(stream)
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; :class:`ConfigError` names the file and the key."""
+    source = str(path)
+    data = read_toml(path)
     try:
         return parse_config(data, source=source)
     except ConfigError as exc:

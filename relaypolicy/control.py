@@ -13,12 +13,20 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_CONTROL_LINE", "TABLE_COMMANDS", "read_command", "start_control", "table_command"]
+__all__ = [
+    "MAX_CONTROL_LINE",
+    "TABLE_COMMANDS",
+    "ask",
+    "read_command",
+    "start_control",
+    "table_command",
+]
 
 log = logging.getLogger("relaypolicy.control")
 
@@ -105,3 +113,26 @@ async def start_control(
     server = await asyncio.start_unix_server(client, path=str(path))
     os.chmod(path, 0o600)  # the control socket can open the relay: owner only
     return server
+
+
+def ask(path: str | Path, message: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
+    """Send ``message`` to the control socket at ``path``; the reply (``"ok"`` says whether
+    the command succeeded). :class:`OSError` when the socket cannot be reached or does not
+    answer like a relaypolicy control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(os.fspath(path))
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    try:
+        reply = json.loads(answer)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise OSError(f"{path}: not a relaypolicy control socket")
+    return reply

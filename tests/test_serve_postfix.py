@@ -8,21 +8,19 @@ below; `relaypolicy ctl` talks to its control socket.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import serve_process
 from postfix_instance import PostfixConfig, PostfixInstance, RcptSession, running_postfix
-from realservers import free_port, require_loopback_address, tail, wait_for_port
+from realservers import require_loopback_address, tail
+from serve_process import Service
 
 pytestmark = pytest.mark.real
 
@@ -43,60 +41,13 @@ ttl = 1800
 [chain]
 steps = ["trusted_networks", "sasl_permit", "pop_before_smtp", "local_domains"]
 
-[serve]
-listen = ["127.0.0.1:{port}"]
-control_socket = "{control}"
-
 [log]
 level = "info"
 """
 
 
-@dataclass
-class Service:
-    process: subprocess.Popen[bytes]
-    port: int
-    control: Path
-    log: Path
-    config: Path
-
-    def ctl(self, *args: str) -> dict[str, object]:
-        done = subprocess.run(
-            [sys.executable, "-m", "relaypolicy", "ctl", "--socket", str(self.control), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
-        assert done.returncode in (0, 1), done.stderr
-        reply: dict[str, object] = json.loads(done.stdout)
-        return reply
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=20)
-
-
 def start_service(tmp_path: Path) -> Service:
-    port = free_port()
-    control = tmp_path / "control.sock"
-    config = tmp_path / "relaypolicy.toml"
-    config.write_text(CONFIG.format(trusted=TRUSTED, port=port, control=control))
-    log = tmp_path / "serve.log"
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relaypolicy", "serve", "--config", str(config)],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(process, port, control, log, config)
-    try:
-        wait_for_port("127.0.0.1", port, timeout=20)
-    except TimeoutError:
-        service.stop()
-        pytest.fail(f"relaypolicy serve did not start:\n{tail(log)}")
-    return service
+    return serve_process.start_service(tmp_path, CONFIG.format(trusted=TRUSTED))
 
 
 @pytest.fixture(scope="module")

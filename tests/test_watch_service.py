@@ -403,7 +403,9 @@ def test_smtpd_runs_the_watcher_and_lets_a_pop_client_relay(tmp_path: Path) -> N
             assert await asyncio.to_thread(rcpt_code, "127.0.0.11") == 554
             append(log, LOGIN, "127.0.0.11")
             deadline = time.monotonic() + 10
-            while "127.0.0.11" not in server.table:
+            table = server.table
+            assert table is not None
+            while "127.0.0.11" not in table:
                 assert time.monotonic() < deadline, "the login never reached the table"
                 await asyncio.sleep(0.02)
             assert await asyncio.to_thread(rcpt_code, "127.0.0.11") == 250

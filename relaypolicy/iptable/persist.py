@@ -19,15 +19,14 @@ crash leaves either the old table or the new one, never half of one.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from os import PathLike
 
+from relaypolicy._files import write_atomically
 from relaypolicy.iptable.base import TableFileError
 from relaypolicy.networks import parse_ip
 
@@ -44,41 +43,12 @@ def write_entries(
 ) -> None:
     """Write ``entries`` (address, wall-clock expiry, user) to ``path`` atomically."""
     path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
     header = json.dumps({"format": FORMAT, "version": VERSION, "ipv6_prefix": ipv6_prefix})
     lines = [header[:-1] + ', "entries": [']
     lines.append(",\n".join(json.dumps(list(row), allow_nan=False) for row in entries))
     lines.append("]}\n")
     data = "\n".join(lines).encode("utf-8")
-    fd, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable. Not every platform can open a directory; the rename
-    # is still atomic there.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomically(path, data, mode=0o600)  # user names: the owner only
 
 
 def read_entries(path: str | PathLike[str]) -> list[Row]:

@@ -26,8 +26,9 @@ import hashlib
 import hmac
 import os
 import secrets
-import tempfile
 from pathlib import Path
+
+from relaypolicy._files import write_atomically
 
 __all__ = [
     "DEFAULT_N",
@@ -231,23 +232,7 @@ class PasswordFile:
             mode = self.path.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o600
-        directory = self.path.parent
-        fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                os.fchmod(stream.fileno(), mode)
-                stream.write(self.text())
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
-        directory_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
+        write_atomically(self.path, self.text().encode("utf-8"), mode=mode)
 
 
 def _error_line(error: UnicodeDecodeError) -> int:

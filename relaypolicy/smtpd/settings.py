@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from relaypolicy.config import Config, ConfigError, parse_config
+from relaypolicy.config import Config, ConfigError, parse_config, read_toml
 
 __all__ = ["DEFAULT_TOML", "SmtpdSettings", "load_smtpd_config", "parse_listen", "parse_smtpd"]
 
@@ -156,18 +156,7 @@ def parse_smtpd(table: Any) -> SmtpdSettings:
 def load_smtpd_config(path: str | Path | None) -> tuple[Config, SmtpdSettings]:
     """The configuration and the ``[smtpd]`` settings of ``path`` (None: the default)."""
     source = "<embedded default>" if path is None else str(path)
-    try:
-        if path is None:
-            data = tomllib.loads(DEFAULT_TOML)
-        else:
-            with open(path, "rb") as stream:
-                data = tomllib.load(stream)
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    data = tomllib.loads(DEFAULT_TOML) if path is None else read_toml(path)
     try:
         settings = parse_smtpd(data.pop("smtpd", {}))
         config = parse_config(data, source=source)

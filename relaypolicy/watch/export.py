@@ -56,11 +56,12 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from os import PathLike
 from typing import TYPE_CHECKING, NamedTuple
+
+from relaypolicy._files import fsync_directory, fsync_path, write_atomically, write_temp
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.base import IpEntry
@@ -186,57 +187,6 @@ def render(entries: Iterable[IpEntry | str], format: str) -> str:
     the format cannot express (see the module docstring) are left out.
     """
     return _render(entries, format)[0]
-
-
-# --- writing files atomically ---------------------------------------------------------
-
-
-def _write_temp(path: str, data: bytes, mode: int) -> str:
-    """Write ``data`` to a new temporary file beside ``path`` (durably); its name."""
-    directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fchmod(file.fileno(), mode)
-            os.fsync(file.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return temporary
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable. Not every platform can open a directory; the rename
-    # is still atomic there.
-    with contextlib.suppress(OSError):
-        _fsync_path(directory)
-
-
-def write_atomically(path: str | PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temporary file, ``fsync``, rename, ``fsync`` the
-    directory. A reader sees the old file or the new one; a crash leaves one of them."""
-    name = os.fspath(path)
-    temporary = _write_temp(name, data, mode)
-    try:
-        os.replace(temporary, name)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(os.path.dirname(name) or ".")
 
 
 def _find_postmap(postmap: str | PathLike[str] | None) -> str:
@@ -400,7 +350,7 @@ class Exporter:
         """The text and its postmap database, both renamed into place."""
         assert self._postmap is not None and self.map_type is not None
         suffix = _POSTMAP_SUFFIX[self.map_type]
-        temporary = _write_temp(self.path, data, self.mode)
+        temporary = write_temp(self.path, data, self.mode)
         database = temporary + suffix  # postmap(1): "hash: ... named file_name.db"
         command = [self._postmap]
         if self.postmap_config is not None:
@@ -424,7 +374,7 @@ class Exporter:
                     f"{' '.join(command)} failed (exit {result.returncode}): "
                     f"{result.stderr.strip()[:500]}"
                 )
-            _fsync_path(database)
+            fsync_path(database)
             # The database first: PATH.db is then never older than PATH.
             os.replace(database, self.path + suffix)
             os.replace(temporary, self.path)
@@ -433,4 +383,4 @@ class Exporter:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name)
             raise
-        _fsync_directory(os.path.dirname(self.path) or ".")
+        fsync_directory(os.path.dirname(self.path) or ".")

@@ -22,10 +22,8 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import json
 import logging
 import math
-import socket
 import time
 import zoneinfo
 from collections.abc import Mapping
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from relaypolicy.config import ConfigError
+from relaypolicy.control import ask
 from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError
 from relaypolicy.watch.follow import LogFollower, LoginTable, Watcher
 from relaypolicy.watch.framing import LineFraming
@@ -229,22 +228,7 @@ class ControlSocketTable:
         self.ttl = float(stats["pop-ttl"])
 
     def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-            sock.sendall(json.dumps(message).encode() + b"\n")
-            answer = b""
-            while not answer.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-        try:
-            reply = json.loads(answer)
-        except ValueError:
-            raise OSError(f"{self.path}: not a relaypolicy control socket") from None
-        if not isinstance(reply, dict):
-            raise OSError(f"{self.path}: not a relaypolicy control socket")
+        reply = ask(self.path, message, timeout=self.timeout)
         if not reply.get("ok"):
             raise ValueError(str(reply.get("error", "refused")))
         return reply
