@@ -160,6 +160,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_smtpd_parser(commands)
     add_passwd_parser(commands)
+    from relaypolicy.testing.command import add_audit_parser, add_test_parser
+
+    add_test_parser(commands)
+    add_audit_parser(commands)
 
     from relaypolicy.watch.command import add_watch_parser
 
@@ -303,6 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from relaypolicy.smtpd.command import run_passwd
 
             return run_passwd(args)
+        if args.command == "test":
+            from relaypolicy.testing.command import run_test
+
+            return run_test(args)
+        if args.command == "audit":
+            from relaypolicy.testing.command import run_audit
+
+            return run_audit(args)
         if args.command == "watch":
             from relaypolicy.watch.command import run_watch
 

@@ -1,0 +1,341 @@
+"""The ``test`` and ``audit`` subcommands of ``relaypolicy``.
+
+``relaypolicy test SCENARIOS... --config FILE`` runs scenario files against a
+configuration; ``relaypolicy audit --config FILE`` or ``--smtp HOST[:PORT]`` runs the
+relay-abuse battery in process or against a live server. Exit status: 0 all is well, 1 a
+scenario failed or a probe was accepted, 64 a command line, configuration or scenario
+file that cannot be used, 69 (EX_UNAVAILABLE) a server that cannot be audited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import socket
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_audit_parser", "add_test_parser", "run_audit", "run_test"]
+
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+
+
+def _error(command: str, message: str, status: int) -> int:
+    print(f"relaypolicy {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def add_test_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add ``test`` to a ``add_subparsers()`` object; the new parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "test",
+        help="run scenario files against a configuration",
+        description="Run every case of the scenario files (TOML: a request and the "
+        "expected decision) against the policy the configuration describes, and print a "
+        "table: case, expected, got, deciding policy, reason. Exit status 0 when every "
+        "case passes, 1 when one does not, 64 for a file that cannot be used.",
+        epilog="example: relaypolicy test examples/mx.scenarios.toml --config "
+        "examples/mx.toml  (see docs/testing.md)",
+    )
+    parser.add_argument("scenarios", nargs="+", metavar="SCENARIOS", help="scenario files")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the TOML configuration (default: the file's own `config` key)",
+    )
+    parser.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML for CI")
+    parser.add_argument(
+        "--failures-only", action="store_true", help="print only the cases that fail"
+    )
+    return parser
+
+
+def add_audit_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add ``audit`` to a ``add_subparsers()`` object; the new parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "audit",
+        help="check that a policy or a live server is not an open relay",
+        description="Run the relay-abuse battery (nmap's 16 probes, routing tricks, "
+        "address literals, look-alike domains, the null sender...) against the policy of a "
+        "configuration, in process, or over SMTP against a live server: EHLO, optional "
+        "STARTTLS, then per probe RSET, MAIL FROM, RCPT TO; never DATA. Prints every probe "
+        "with its reply and a summary. Exit status 0 when no probe was accepted, 1 when one "
+        "was, 64 for a usage error, 69 when the server cannot be audited. Audit only servers "
+        "you run.",
+        epilog="examples: relaypolicy audit --config examples/mx.toml; relaypolicy audit "
+        "--smtp mx.example.org --local-domain example.org --source-address 198.51.100.7",
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--config", metavar="FILE", help="audit this configuration's policy")
+    target.add_argument("--smtp", metavar="HOST[:PORT]", help="audit a live server (port 25)")
+    parser.add_argument(
+        "--local-domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a domain the server delivers for (repeat for more; with --config the default "
+        "is every local domain of the file; required with --smtp)",
+    )
+    parser.add_argument(
+        "--relay-domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="a domain the server relays for, for routing probes through it (with --config "
+        "the default is the file's relay domains)",
+    )
+    parser.add_argument(
+        "--foreign-domain",
+        default=None,
+        metavar="DOMAIN",
+        help="the destination that must not be relayed to (default: nmap.scanme.org, as nmap)",
+    )
+    parser.add_argument(
+        "--server-ip",
+        metavar="IP",
+        help="the server's own address, for nmap's [IP] probes (default: the --smtp host's "
+        "address; with --config an address literal among the local domains, else 127.0.0.1)",
+    )
+    inproc = parser.add_argument_group("with --config")
+    inproc.add_argument(
+        "--client-address",
+        default="203.0.113.7",
+        metavar="IP",
+        help="the client the probes come from (default 203.0.113.7, a stranger)",
+    )
+    inproc.add_argument(
+        "--server-port",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="the port the client connects to (repeat for more; default: every port with "
+        "its own chain, and the default chain)",
+    )
+    live = parser.add_argument_group("with --smtp")
+    live.add_argument(
+        "--source-address",
+        metavar="IP",
+        help="connect from this local address, e.g. one the server does not trust",
+    )
+    live.add_argument("--helo", metavar="NAME", help="the EHLO name (default: this host's)")
+    live.add_argument("--starttls", action="store_true", help="upgrade with STARTTLS first")
+    live.add_argument("--cafile", metavar="FILE", help="verify the certificate with this CA")
+    live.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    live.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per reply (default 30)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML for CI")
+    return parser
+
+
+# --- relaypolicy test --------------------------------------------------------------------
+
+
+def run_test(args: argparse.Namespace) -> int:
+    from relaypolicy.config import ConfigError, load_config
+    from relaypolicy.testing.report import write_junit
+    from relaypolicy.testing.scenarios import (
+        ScenarioError,
+        junit_cases,
+        load_scenarios,
+        results_table,
+        run_scenarios,
+    )
+
+    junit = []
+    failed = total = 0
+    for number, path in enumerate(args.scenarios):
+        try:
+            scenarios = load_scenarios(path)
+            config_path = args.config or scenarios.config
+            if config_path is None:
+                return _error(
+                    "test", f"{path}: give --config (the file has no `config` key)", EX_USAGE
+                )
+            config = load_config(config_path)
+            results = run_scenarios(scenarios.cases, config)
+        except (ScenarioError, ConfigError) as exc:
+            message = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
+            return _error("test", message, EX_USAGE)
+        except (OSError, ValueError) as exc:  # a table file, a bad value
+            return _error("test", f"{path}: {exc}", EX_USAGE)
+        if number:
+            print()
+        print(f"{path} against {config.source}")
+        shown = [r for r in results if not r.passed] if args.failures_only else results
+        if shown:
+            print(results_table(shown))
+        bad = sum(not result.passed for result in results)
+        print(
+            f"{len(results)} cases: {len(results) - bad} passed"
+            + (f", {bad} FAILED" if bad else "")
+        )
+        failed += bad
+        total += len(results)
+        junit += junit_cases(results, Path(path).name)
+    if len(args.scenarios) > 1:
+        print(f"\nall files: {total} cases, {failed} failed")
+    if args.junit_xml:
+        try:
+            write_junit(args.junit_xml, "relaypolicy test", junit)
+        except OSError as exc:
+            return _error("test", f"--junit-xml: {exc}", EX_USAGE)
+    return 1 if failed else 0
+
+
+# --- relaypolicy audit -------------------------------------------------------------------
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``; a bare IPv6 address too."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (rest or "25")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, "25"
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--smtp: expected HOST[:PORT] or [IPv6]:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _address_of(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(host, 25, type=socket.SOCK_STREAM)[0][4][0])
+    except OSError as exc:
+        raise ValueError(f"--smtp: cannot resolve {host!r}: {exc}") from None
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.starttls:
+        if args.cafile or args.insecure:
+            raise ValueError("--cafile and --insecure go with --starttls")
+        return None
+    context = ssl.create_default_context(cafile=args.cafile)
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any]]:
+    """In process: (a description of the target, the results)."""
+    from relaypolicy.config import load_config
+    from relaypolicy.testing.audit import audit_policy
+    from relaypolicy.testing.probes import DEFAULT_FOREIGN_DOMAIN, probe_battery
+
+    for flag in ("source_address", "helo", "cafile"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} goes with --smtp")
+    if args.starttls or args.insecure:
+        raise ValueError("--starttls and --insecure go with --smtp")
+    config = load_config(args.config)
+    local = args.local_domain or list(config.local_domains)
+    relays = args.relay_domain or list(config.relay_domains)
+    if not local:
+        if not relays:
+            raise ValueError(f"{config.source}: no local or relay domain to audit")
+        local = relays[:1]
+    literals = [domain for domain in local if domain.startswith("[")]
+    server_ip = args.server_ip or (literals[0] if literals else "127.0.0.1")
+    probes = probe_battery(
+        local,
+        relay_domains=relays,
+        foreign_domain=args.foreign_domain or DEFAULT_FOREIGN_DOMAIN,
+        server_ip=server_ip,
+    )
+    policy = config.build_policy(config.make_pop_table(load=False))
+    ports = args.server_port or [0, *sorted(config.ports)]
+    results = []
+    for port in ports:
+        got = audit_policy(policy, probes, client_address=args.client_address, server_port=port)
+        if len(ports) > 1:
+            label = f"port {port}" if port else "default chain"
+            got = [r._replace(probe=r.probe._replace(name=f"{label}:{r.probe.name}")) for r in got]
+        results += got
+    target = f"the policy of {config.source}, from client {args.client_address}"
+    return target, results
+
+
+def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
+    from relaypolicy.testing.audit import audit_smtp
+    from relaypolicy.testing.probes import DEFAULT_FOREIGN_DOMAIN, probe_battery
+
+    if args.server_port or args.client_address != "203.0.113.7":
+        raise ValueError("--client-address and --server-port go with --config")
+    if not args.local_domain:
+        raise ValueError("--smtp needs --local-domain (a domain the server delivers for)")
+    host, port = _host_port(args.smtp)
+    probes = probe_battery(
+        args.local_domain,
+        relay_domains=args.relay_domain,
+        foreign_domain=args.foreign_domain or DEFAULT_FOREIGN_DOMAIN,
+        server_ip=args.server_ip or _address_of(host),
+    )
+    results = audit_smtp(
+        host,
+        port,
+        probes,
+        source_address=args.source_address,
+        helo=args.helo,
+        starttls=args.starttls,
+        tls_context=_tls_context(args),
+        timeout=args.timeout,
+    )
+    source = f", from {args.source_address}" if args.source_address else ""
+    tls = " with STARTTLS" if args.starttls else ""
+    return f"SMTP server {host}:{port}{tls}{source}", results
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from relaypolicy.config import ConfigError
+    from relaypolicy.testing.audit import AuditError, audit_table, junit_cases, summary
+    from relaypolicy.testing.report import write_junit
+
+    try:
+        target, results = _audit_smtp(args) if args.smtp else _audit_config(args)
+    except AuditError as exc:
+        return _error("audit", str(exc), EX_UNAVAILABLE)
+    except (ConfigError, ValueError, OSError) as exc:  # DomainError is a ValueError
+        return _error("audit", str(exc), EX_USAGE)
+    accepted = sum(result.accepted for result in results)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "target": target,
+                    "open_relay": bool(accepted),
+                    "accepted": accepted,
+                    "total": len(results),
+                    "summary": summary(results),
+                    "probes": [result.as_dict() for result in results],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        print(f"relay audit of {target}")
+        print(audit_table(results))
+        print(summary(results))
+    if args.junit_xml:
+        try:
+            write_junit(
+                args.junit_xml, f"relaypolicy audit: {target}", junit_cases(results, "audit")
+            )
+        except OSError as exc:
+            return _error("audit", f"--junit-xml: {exc}", EX_USAGE)
+    return 1 if accepted else 0
