@@ -1,5 +1,5 @@
-"""A private Dovecot instance for tests: POP3 on a loopback port, an auth socket for
-Postfix's Dovecot SASL, and login lines in a log file.
+"""A private Dovecot instance for tests: POP3 (and, on request, IMAP) on loopback ports,
+an auth socket for Postfix's Dovecot SASL, and login lines in a log file.
 
 Theory of operation
 -------------------
@@ -7,8 +7,9 @@ Theory of operation
 ``/etc/dovecot`` is included) into a fresh temporary directory and runs ``dovecot -c FILE``,
 which daemonises. Everything the instance owns lives below that directory: ``base_dir``
 (the master's pid file and internal sockets), ``state_dir``, the ``passwd-file`` of users,
-their homes, the log file and the auth socket for Postfix. The only listener on the network
-is POP3 on a free port of a loopback address; ``pop3s`` is switched off.
+their homes, the log file and the auth socket for Postfix. The only listeners on the network
+are POP3 and, with ``protocols=("pop3", "imap")`` (Debian's ``dovecot-imapd``), IMAP, each on
+a free port of a loopback address; ``pop3s`` and ``imaps`` are switched off.
 
 Dovecot's unprivileged processes need the directory: auth (``dovecot`` user) reads the
 passwd-file, pop3 (the mail user) opens the homes, and Postfix's smtpd (``postfix`` user)
@@ -18,10 +19,14 @@ test passwords.
 Logging: ``log_path`` and ``info_log_path`` name the same file, so one file carries the
 login lines a log watcher reads, with Dovecot's own file format (``log_timestamp`` prefix,
 then ``pop3-login: Info: Login: user=<taro>, method=PLAIN, rip=127.0.0.10, ...``).
-``auth_verbose`` adds the reason for every failed login. ``auth_failure_delay = 0`` and no
+The mail processes log a session's end with the session id of its login line
+(``imap(taro)<6072><PW95RVZh39h/AAAK>: Info: Logged out ...``). ``auth_verbose`` adds
+the reason for every failed login. ``auth_failure_delay = 0`` and no
 anvil auth penalty keep a failed login from taking Dovecot's default 2 s, or longer for a
 repeat offender; it still takes about 0.5 s, as the auth process sends failures on a
-500 ms timer. The log file is root's, mode 0600.
+500 ms timer. The log file is root's, mode 0600. After the log is renamed away,
+:meth:`DovecotInstance.log_reopen` (``doveadm -c FILE log reopen``, through the master's
+socket in our own ``base_dir``) makes the log process create it anew.
 
 Stopping: SIGTERM to the master whose pid is in our own ``base_dir``, which is what
 ``doveadm -c FILE stop`` does; but doveadm then waits for the pid to vanish, and an exited
@@ -34,6 +39,7 @@ its log process drain. Only this instance's processes are ever signalled.
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import os
 import poplib
 import pwd
@@ -49,19 +55,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-# The process helpers are Postfix fixture's; both daemons are stopped the same way.
-from postfix_instance import _children, _wait_gone
 from realservers import (
+    children,
     free_port,
     require_binary,
     require_loopback_address,
     require_root,
     tail,
     unavailable,
+    wait_gone,
 )
 
-__all__ = ["DovecotInstance", "SourcedPOP3", "running_dovecot"]
+__all__ = ["DovecotInstance", "SourcedIMAP4", "SourcedPOP3", "running_dovecot"]
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -79,7 +84,7 @@ _DOVECOT_CONF = """\
 instance_name = {instance_name}
 base_dir = {base_dir}
 state_dir = {state_dir}
-protocols = pop3
+protocols = {protocols}
 listen = {host}
 
 log_path = {log_path}
@@ -123,7 +128,7 @@ service pop3-login {{
     port = 0
   }}
 }}
-
+{imap_service}
 # For Postfix: smtpd_sasl_type = dovecot, smtpd_sasl_path = {auth_socket}
 service auth {{
   unix_listener {auth_socket} {{
@@ -131,6 +136,21 @@ service auth {{
   }}
 }}
 """
+
+_IMAP_SERVICE = """
+service imap-login {{
+  inet_listener imap {{
+    address = {host}
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+# The login process each protocol needs (Debian: dovecot-pop3d, dovecot-imapd).
+_PACKAGES = {"pop3": "dovecot-pop3d", "imap": "dovecot-imapd"}
 
 
 @dataclass
@@ -142,6 +162,9 @@ class DovecotInstance:
     pop3_port: int
     host: str = "127.0.0.1"
     dovecot: str = "dovecot"
+    protocols: tuple[str, ...] = ("pop3",)
+    imap_port: int = 0  # with "imap" in protocols
+    doveadm: str = "doveadm"
 
     @property
     def config_path(self) -> Path:
@@ -174,10 +197,17 @@ class DovecotInstance:
 
     def dovecot_conf(self) -> str:
         mail_user = pwd.getpwnam(MAIL_USER)
+        imap_service = (
+            _IMAP_SERVICE.format(host=self.host, imap_port=self.imap_port)
+            if "imap" in self.protocols
+            else ""
+        )
         return _DOVECOT_CONF.format(
             instance_name=self.root.name,
             base_dir=self.base_dir,
             state_dir=self.state_dir,
+            protocols=" ".join(self.protocols),
+            imap_service=imap_service,
             host=self.host,
             log_path=self.log_path,
             passwd_file=self.passwd_file,
@@ -245,14 +275,14 @@ class DovecotInstance:
         master = self.master_pid()
         if master is None:
             return
-        ours = [master, *_children(master)]
+        ours = [master, *children(master)]
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGTERM)
-        if not _wait_gone(ours, STOP_TIMEOUT):
+        if not wait_gone(ours, STOP_TIMEOUT):
             for pid in ours:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            _wait_gone(ours, STOP_TIMEOUT)
+            wait_gone(ours, STOP_TIMEOUT)
 
     def pop3_login(self, user: str, password: str, *, source_address: str) -> bool:
         """Log in over POP3 (USER/PASS) from ``source_address`` and log out: whether the
@@ -269,6 +299,50 @@ class DovecotInstance:
             return True
         finally:
             client.quit()
+
+    def imap_login(self, user: str, password: str, *, source_address: str) -> bool:
+        """Log in over IMAP (LOGIN) from ``source_address`` and log out: whether the
+        password was accepted. Dovecot logs LOGIN as ``method=PLAIN``."""
+        client = self.imap_client(source_address)
+        try:
+            try:
+                client.login(user, password)
+            except imaplib.IMAP4.error as exc:
+                if "[AUTHENTICATIONFAILED]" not in str(exc):
+                    raise
+                return False
+            return True
+        finally:
+            client.logout()
+
+    def imap_client(self, source_address: str) -> SourcedIMAP4:
+        """A connected IMAP client from ``source_address``, not yet logged in (a client
+        that keeps its session open, like Thunderbird's cached connections)."""
+        if "imap" not in self.protocols:
+            raise ValueError("this instance was started without IMAP")
+        return SourcedIMAP4(self.host, self.imap_port, source_address)
+
+    def doveadm_run(self, *args: str) -> None:
+        """Run ``doveadm -c CONFIG ARGS...`` against this instance; fail the test if it
+        fails."""
+        result = subprocess.run(
+            [self.doveadm, "-c", str(self.config_path), *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"doveadm {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}",
+                pytrace=False,
+            )
+
+    def log_reopen(self) -> None:
+        """Make the log process reopen ``log_path`` (after logrotate's rename)."""
+        self.doveadm_run("log", "reopen")
 
     def log_text(self) -> str:
         try:
@@ -297,6 +371,19 @@ class DovecotInstance:
         return tail(self.log_path, lines)
 
 
+class SourcedIMAP4(imaplib.IMAP4):
+    """:class:`imaplib.IMAP4` connecting from a chosen local address."""
+
+    def __init__(self, host: str, port: int, source_address: str, timeout: float = 10.0) -> None:
+        self.source_address = source_address
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self.source_address, 0)
+        )
+
+
 class SourcedPOP3(poplib.POP3):
     """:class:`poplib.POP3` connecting from a chosen local address, so that one machine
     plays several clients (127.0.0.10, 127.0.0.11, ...)."""
@@ -313,18 +400,28 @@ class SourcedPOP3(poplib.POP3):
 
 @contextlib.contextmanager
 def running_dovecot(
-    users: Mapping[str, str], *, host: str = "127.0.0.1"
+    users: Mapping[str, str],
+    *,
+    host: str = "127.0.0.1",
+    protocols: tuple[str, ...] = ("pop3",),
 ) -> Iterator[DovecotInstance]:
-    """Start a private instance with these users (name -> password); stop it and remove its
-    directory afterwards.
+    """Start a private instance with these users (name -> password) serving ``protocols``
+    (``pop3``, ``imap``); stop it and remove its directory afterwards.
 
     Skips (or fails under ``RELAYPOLICY_REQUIRE_REAL=1``) when Dovecot is not installed,
     when not root, or when the users it runs as are missing; fails when it is there but will
     not start.
     """
     dovecot = require_binary("dovecot", package="dovecot-core")
-    if not any(Path(d, "pop3-login").exists() for d in _LIBEXEC_DIRS):
-        unavailable("Dovecot's POP3 server is not installed (apt-get install -y dovecot-pop3d)")
+    doveadm = require_binary("doveadm", package="dovecot-core")
+    for protocol in protocols:
+        if protocol not in _PACKAGES:
+            raise ValueError(f"protocols: {protocol!r} is not one of {', '.join(_PACKAGES)}")
+        if not any(Path(d, f"{protocol}-login").exists() for d in _LIBEXEC_DIRS):
+            unavailable(
+                f"Dovecot's {protocol.upper()} server is not installed "
+                f"(apt-get install -y {_PACKAGES[protocol]})"
+            )
     require_root("a private Dovecot instance (its master starts as root)")
     for name in ("dovecot", "dovenull", MAIL_USER):
         try:
@@ -335,7 +432,19 @@ def running_dovecot(
 
     root = Path(tempfile.mkdtemp(prefix="relaypolicy-dovecot-"))
     root.chmod(0o755)
-    instance = DovecotInstance(root, dict(users), free_port(host), host, dovecot)
+    pop3_port = imap_port = free_port(host)
+    while "imap" in protocols and imap_port == pop3_port:
+        imap_port = free_port(host)
+    instance = DovecotInstance(
+        root,
+        dict(users),
+        pop3_port,
+        host,
+        dovecot,
+        protocols=tuple(protocols),
+        imap_port=imap_port if "imap" in protocols else 0,
+        doveadm=doveadm,
+    )
     try:
         instance.write_config()
         instance.start()

@@ -29,7 +29,6 @@ import signal
 import smtplib
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import NamedTuple
 
 import pytest
 from realservers import (
+    children,
     free_port,
     require_binary,
     require_loopback_address,
@@ -44,6 +44,7 @@ from realservers import (
     tail,
     unavailable,
     wait_for_port,
+    wait_gone,
 )
 
 __all__ = ["PostfixConfig", "PostfixInstance", "RcptSession", "Reply", "running_postfix"]
@@ -208,51 +209,16 @@ class PostfixInstance:
         own queue directory) and its children.
         """
         master = self.master_pid()
-        ours = [master, *_children(master)] if master is not None else []
+        ours = [master, *children(master)] if master is not None else []
         self._postfix("stop")
-        if not _wait_gone(ours, STOP_TIMEOUT):
+        if not wait_gone(ours, STOP_TIMEOUT):
             for pid in ours:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            _wait_gone(ours, STOP_TIMEOUT)
+            wait_gone(ours, STOP_TIMEOUT)
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.maillog, lines)
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # "pid (comm) state ppid ...": comm may hold spaces, so split after the ")".
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # An exited process not yet reaped by its parent (init, for a daemon) is a zombie.
-    with contextlib.suppress(OSError, IndexError):
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        return state != "Z"
-    return True
-
-
-def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in pids):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @contextlib.contextmanager

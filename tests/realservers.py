@@ -8,10 +8,12 @@ through :func:`unavailable` so the rule lives in one place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,6 +21,8 @@ import pytest
 
 __all__ = [
     "REQUIRE_REAL_ENV",
+    "alive",
+    "children",
     "free_port",
     "real_parts_required",
     "require_binary",
@@ -27,6 +31,7 @@ __all__ = [
     "tail",
     "unavailable",
     "wait_for_port",
+    "wait_gone",
 ]
 
 REQUIRE_REAL_ENV = "RELAYPOLICY_REQUIRE_REAL"
@@ -102,6 +107,44 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s: {last_error}")
         time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after the ")".
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # An exited process not yet reaped by its parent (init, for a daemon) is a zombie.
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        return state != "Z"
+    return True
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    """Wait until every process of ``pids`` has exited (a zombie counts as gone); whether
+    they all did within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def tail(path: Path, lines: int = 40) -> str:

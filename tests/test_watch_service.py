@@ -120,6 +120,8 @@ def test_watch_settings_are_read() -> None:
         ('log = "x"\nformat = "dovecot"\ntimezone = "Mars/Base"', "watch.timezone: unknown zone"),
         ('log = "x"\nformat = "dovecot"\ninterval = 0', "watch.interval: expected seconds"),
         ('log = 7\nformat = "dovecot"', "watch.log: expected a file path, got 7"),
+        ('log = "x"\nformat = "courier"\nsessions = true', "watch.sessions: only the dovecot"),
+        ('log = "x"\nformat = "dovecot"\nmax_sessions = 0', "watch.max_sessions: expected 1"),
         (
             'log = "x"\nformat = "dovecot"\n[[watch.export]]\npath = "m"\nformat = "qmail"',
             "watch.export[0].format: expected one of postfix",
@@ -140,6 +142,21 @@ def test_bad_watch_settings_name_the_key(watch: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse(config_with(watch))
     assert message in str(caught.value)
+
+
+def test_sessions_setting_reaches_the_watcher(tmp_path: Path) -> None:
+    from relaypolicy.iptable import ExpiringIpTable
+    from relaypolicy.watch import DovecotSessions
+    from relaypolicy.watch.runner import LoginWatch
+
+    config = parse(
+        config_with(f'log = "{tmp_path / "d.log"}"\nformat = "dovecot"\nsessions = true\n')
+    )
+    watch = LoginWatch(config.watch, ExpiringIpTable(60))  # type: ignore[attr-defined]
+    assert isinstance(watch.watcher.sessions, DovecotSessions)
+    assert watch.counters()["sessions"] == 0
+    plain = parse(config_with(f'log = "{tmp_path / "d.log"}"\nformat = "dovecot"\n'))
+    assert LoginWatch(plain.watch, ExpiringIpTable(60)).watcher.sessions is None  # type: ignore[attr-defined]
 
 
 def test_watch_needs_a_table() -> None:

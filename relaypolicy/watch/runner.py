@@ -36,7 +36,7 @@ from relaypolicy.control import ask
 from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError
 from relaypolicy.watch.follow import LogFollower, LoginTable, Watcher
 from relaypolicy.watch.framing import LineFraming
-from relaypolicy.watch.parsers import LineParser, parser_for
+from relaypolicy.watch.parsers import DovecotParser, DovecotSessions, LineParser, parser_for
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.base import IpEntry
@@ -53,7 +53,17 @@ __all__ = [
 
 log = logging.getLogger("relaypolicy.watch")
 
-_WATCH_KEYS = {"log", "format", "position", "start_at_end", "timezone", "interval", "export"}
+_WATCH_KEYS = {
+    "log",
+    "format",
+    "position",
+    "start_at_end",
+    "timezone",
+    "interval",
+    "sessions",
+    "max_sessions",
+    "export",
+}
 _EXPORT_KEYS = {"path", "format", "map_type", "interval", "postmap_config"}
 _MAP_TYPES = ("texthash", "hash", "btree")
 
@@ -89,6 +99,8 @@ class WatchSettings:
     timezone: str = ""  # for year-less syslog times; empty: the machine's local time
     interval: float = 0.25  # seconds between two looks at the log
     exports: tuple[ExportSettings, ...] = ()
+    sessions: bool = False  # Dovecot: hold an address while it has an open session
+    max_sessions: int = 65536
 
     def parser(self, *, clock: Any = time.time) -> LineParser:
         tz = zoneinfo.ZoneInfo(self.timezone) if self.timezone else None
@@ -189,7 +201,27 @@ def parse_watch(table: Any) -> WatchSettings:
     paths = [export.path for export in exports]
     if len(set(paths)) != len(paths):
         raise ConfigError("watch.export: two exports write the same path")
-    settings = WatchSettings(path, format, position, start_at_end, timezone, interval, exports)
+    sessions = (
+        _get(table, "sessions", bool, "true or false", where) if "sessions" in table else False
+    )
+    if sessions and format != "dovecot":
+        raise ConfigError("watch.sessions: only the dovecot format logs the end of sessions")
+    max_sessions = 65536
+    if "max_sessions" in table:
+        max_sessions = _get(table, "max_sessions", int, "a positive integer", where)
+        if not 1 <= max_sessions <= 10_000_000:
+            raise ConfigError("watch.max_sessions: expected 1 to 10000000")
+    settings = WatchSettings(
+        path,
+        format,
+        position,
+        start_at_end,
+        timezone,
+        interval,
+        exports,
+        sessions,
+        max_sessions,
+    )
     try:
         settings.parser()
     except zoneinfo.ZoneInfoNotFoundError:
@@ -331,7 +363,12 @@ class LoginWatch:
         self.settings = settings
         self.table = table
         self.parser = settings.parser()
-        self.watcher = Watcher(table, self.parser)
+        sessions = None
+        if settings.sessions and isinstance(self.parser, DovecotParser):
+            sessions = DovecotSessions(programs=self.parser.programs, framing=self.parser.framing)
+        self.watcher = Watcher(
+            table, self.parser, sessions=sessions, max_sessions=settings.max_sessions
+        )
         self.follower = LogFollower(
             settings.log, state_path=settings.position or None, start_at_end=settings.start_at_end
         )
