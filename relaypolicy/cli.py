@@ -176,10 +176,16 @@ def _check_policy(args: argparse.Namespace) -> Policy:
         if args.local_domain or args.relay_domain or args.trusted_network:
             raise UsageError("give either --config or the domain/network options, not both")
         from relaypolicy.config import ConfigError, load_config
+        from relaypolicy.fleet import ReplicaTable
 
         try:
             config = load_config(args.config)
-            return config.build_policy(config.make_pop_table())
+            table = config.make_pop_table()
+            if isinstance(table, ReplicaTable):  # a Redis state: load the shared table first
+                table.start()
+                if not table.wait_synced(10):
+                    print("relaypolicy check: warning: Redis did not answer", file=sys.stderr)
+            return config.build_policy(table)
         except (ConfigError, OSError, ValueError) as exc:  # TableFileError is a ValueError
             raise UsageError(str(exc)) from None
     if not args.local_domain and not args.relay_domain:

@@ -90,6 +90,8 @@ class PopSettings:
     persist: str = ""
     state: str = "memory"
     bind_sender: Mapping[str, tuple[str, ...]] | None = None
+    max_staleness: float = 10.0  # shared state: defer unknown clients when cut off longer
+    key_prefix: str = "relaypolicy:pop"  # shared state: the Redis keys' prefix
 
 
 @attrs.frozen
@@ -157,10 +159,26 @@ class Config:
         return ByServerPort(by_port, default=default_chain)
 
     def make_pop_table(self, *, load: bool = True) -> ExpiringIpTable | None:
-        """A new POP-before-SMTP table as configured (loaded from ``persist`` if set)."""
+        """A new POP-before-SMTP table as configured (loaded from ``persist`` if set).
+
+        With a Redis ``state`` it is a :class:`~relaypolicy.fleet.ReplicaTable`, not yet
+        started (its owner calls ``start()`` and ``close()``); with ``load=False`` a
+        memory table stands in for it, and nothing is connected or imported.
+        """
         if self.pop is None:
             return None
         pop = self.pop
+        if pop.state != "memory" and load:
+            from relaypolicy.fleet import ReplicaTable
+
+            return ReplicaTable(
+                pop.state,
+                pop.ttl,
+                max_entries=pop.max_entries,
+                ipv6_prefix=pop.ipv6_prefix,
+                max_staleness=pop.max_staleness,
+                key_prefix=pop.key_prefix,
+            )
         if pop.persist and load:
             return ExpiringIpTable.load(
                 pop.persist, pop.ttl, max_entries=pop.max_entries, ipv6_prefix=pop.ipv6_prefix
@@ -208,6 +226,13 @@ class Config:
         lines.append(f"  trusted networks: {', '.join(self.trusted_networks) or '(none)'}")
         if self.pop is not None:
             persist = f", saved to {self.pop.persist}" if self.pop.persist else ""
+            if self.pop.state != "memory":
+                from relaypolicy.fleet.urls import parse_state_url
+
+                persist = (
+                    f", shared through {parse_state_url(self.pop.state).redacted} "
+                    f"(unknown clients deferred after {self.pop.max_staleness:g} s without it)"
+                )
             lines.append(
                 f"  POP-before-SMTP: {self.pop.ttl:g} s per login, IPv6 counted by "
                 f"/{self.pop.ipv6_prefix}{persist}"
@@ -386,7 +411,18 @@ def _pop_settings(data: Mapping[str, Any]) -> PopSettings | None:
     table = _table(data, "pop_before_smtp")
     key = "pop_before_smtp"
     _no_unknown(
-        table, {"ttl", "max_entries", "ipv6_prefix", "persist", "state", "bind_sender"}, key
+        table,
+        {
+            "ttl",
+            "max_entries",
+            "ipv6_prefix",
+            "persist",
+            "state",
+            "bind_sender",
+            "max_staleness",
+            "key_prefix",
+        },
+        key,
     )
     ttl = float(_typed(table.get("ttl", 1800), (int, float), f"{key}.ttl", "seconds"))
     if not 0 < ttl <= 7 * 86400:
@@ -401,16 +437,43 @@ def _pop_settings(data: Mapping[str, Any]) -> PopSettings | None:
         raise ConfigError(f"{key}.ipv6_prefix: expected 32 to 128, got {prefix}")
     persist = _typed(table.get("persist", ""), str, f"{key}.persist", "a file path")
     state = _typed(table.get("state", "memory"), str, f"{key}.state", "a state URL")
-    if state != "memory":
-        raise ConfigError(f'{key}.state: only "memory" is supported so far, got {state!r}')
+    from relaypolicy.fleet.urls import parse_state_url
+
+    try:
+        shared = parse_state_url(state).shared
+    except ValueError as exc:
+        raise ConfigError(f"{key}.state: {exc}") from None
+    if shared:
+        import importlib.util
+
+        if importlib.util.find_spec("redis") is None:
+            raise ConfigError(
+                f"{key}.state: a Redis state needs redis-py: pip install 'relaypolicy[redis]'"
+            )
+        if persist:
+            raise ConfigError(
+                f"{key}.persist: Redis keeps a shared table; persist is for the memory state"
+            )
+    staleness = float(
+        _typed(table.get("max_staleness", 10), (int, float), f"{key}.max_staleness", "seconds")
+    )
+    if not 1 <= staleness <= 3600:
+        raise ConfigError(f"{key}.max_staleness: expected seconds from 1 to 3600")
+    prefix_text = _typed(
+        table.get("key_prefix", "relaypolicy:pop"), str, f"{key}.key_prefix", "a key prefix"
+    )
+    if not prefix_text or any(c in prefix_text for c in "{}\r\n "):
+        raise ConfigError(f"{key}.key_prefix: expected a non-empty prefix without braces")
     bind = table.get("bind_sender")
     return PopSettings(
         ttl=ttl,
         max_entries=max_entries,
         ipv6_prefix=prefix,
         persist=persist,
-        state=state,
+        state="memory" if not shared else state,
         bind_sender=_login_map(bind, f"{key}.bind_sender") if bind is not None else None,
+        max_staleness=staleness,
+        key_prefix=prefix_text,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from relaypolicy.config import Config, ConfigError, load_config
 from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
+from relaypolicy.fleet import ReplicaTable
 from relaypolicy.postfix.server import PolicyServer, ServerSettings, parse_listener
 from relaypolicy.watch.runner import WatchTask
 
@@ -89,6 +90,8 @@ class Service:
         self.watch = WatchTask()
 
     async def start(self) -> list[str]:
+        if isinstance(self.table, ReplicaTable):  # a shared table: its replica follows Redis
+            self.table.start()
         specs = self.listen_override or list(self.config.serve.listen)
         listeners = [parse_listener(spec, mode=self.config.serve.socket_mode) for spec in specs]
         self.bound = await self.server.start(listeners)
@@ -141,6 +144,8 @@ class Service:
         await self.server.close()
         await self.watch.stop()
         self.save_table()
+        if isinstance(self.table, ReplicaTable):  # sends what is queued, then stops
+            await asyncio.to_thread(self.table.close)
 
     def save_table(self) -> None:
         if self.table is not None and self.config.pop is not None and self.config.pop.persist:
@@ -182,5 +187,7 @@ class Service:
         if self.table is not None:
             counters["table-entries"] = len(self.table)
             counters["pop-ttl"] = self.table.ttl
+        if isinstance(self.table, ReplicaTable):
+            counters.update({f"fleet-{k}": v for k, v in self.table.fleet_stats().items()})
         counters.update(self.watch.counters())
         return counters

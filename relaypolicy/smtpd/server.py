@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP
 from relaypolicy.aiosmtpd import PasswordAuthenticator, RelayPolicyHandler
 from relaypolicy.config import Config
 from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
+from relaypolicy.fleet import ReplicaTable
 from relaypolicy.smtpd.delivery import MaildirDelivery
 from relaypolicy.smtpd.settings import SmtpdSettings, parse_listen
 from relaypolicy.watch.runner import WatchTask
@@ -133,6 +134,8 @@ class SmtpdServer:
     async def start(self) -> list[str]:
         """Listen; the bound addresses as ``host:port``."""
         loop = asyncio.get_running_loop()
+        if isinstance(self.table, ReplicaTable):  # a shared table: its replica follows Redis
+            self.table.start()
         for spec in self.listen:
             host, port = parse_listen(spec)
             server = await loop.create_server(self.smtp, host=host, port=port)
@@ -200,6 +203,8 @@ class SmtpdServer:
                 self.table.save(pop.persist)
             except OSError as exc:
                 log.error("could not save the table to %s: %s", pop.persist, exc)
+        if isinstance(self.table, ReplicaTable):  # sends what is queued, then stops
+            await asyncio.to_thread(self.table.close)
 
     async def _expire_loop(self) -> None:
         while self.table is not None:

@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from relaypolicy.config import ConfigError, load_config
+from relaypolicy.fleet import ReplicaTable
 from relaypolicy.watch.export import EXPORT_FORMATS
 from relaypolicy.watch.parsers import PARSER_FORMATS
 from relaypolicy.watch.runner import (
@@ -227,7 +228,14 @@ def run_watch(args: argparse.Namespace) -> int:
     else:
         table = ExpiringIpTable(args.ttl or 1800.0)
     watch = LoginWatch(settings, table)
-    asyncio.run(_follow(watch))
+    shared = isinstance(table, ReplicaTable)  # a Redis state: logins go to the whole fleet
+    if shared:
+        table.start()
+    try:
+        asyncio.run(_follow(watch))
+    finally:
+        if shared:
+            table.close()  # sends the logins still queued (for up to 5 s)
     if (
         config is not None
         and config.pop is not None

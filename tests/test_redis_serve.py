@@ -1,0 +1,156 @@
+"""End to end: `relaypolicy serve` processes sharing one real Redis.
+
+A login added through one service's control socket (`relaypolicy ctl add`, what a login
+hook does) is honoured by the others, over the Postfix policy protocol; a removal
+propagates; a service started late sees what was recorded before; with Redis killed a
+service keeps accepting the clients it knows and defers the others, and recovers by itself
+when Redis comes back from its append-only file.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import serve_process
+from redis_instance import RedisInstance, running_redis
+from serve_process import Service
+
+pytestmark = pytest.mark.real
+
+CONFIG = """\
+[domains]
+local = ["local.test"]
+
+[pop_before_smtp]
+ttl = 1800
+state = "{url}"
+max_staleness = 1
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+"""
+
+
+def ask(service: Service, client: str) -> str:
+    """The action `relaypolicy serve` gives for relaying from ``client``."""
+    request = (
+        "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+        f"client_address={client}\nsender=someone@local.test\n"
+        "recipient=friend@elsewhere.test\n\n"
+    )
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed after {answer!r}"
+            answer += chunk
+    return answer.decode().removeprefix("action=").strip()
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[RedisInstance, Callable[[str], Service]]]:
+    services: list[Service] = []
+    with running_redis() as redis_server:
+
+        def start(name: str) -> Service:
+            directory = tmp_path / name
+            directory.mkdir()
+            service = serve_process.start_service(directory, CONFIG.format(url=redis_server.url))
+            services.append(service)
+            return service
+
+        try:
+            yield redis_server, start
+        finally:
+            for service in services:
+                assert service.stop() == 0
+
+
+def test_services_share_logins_and_fail_closed_without_redis(
+    fleet: tuple[RedisInstance, Callable[[str], Service]],
+) -> None:
+    redis_server, start = fleet
+    mx_a, mx_b = start("a"), start("b")
+    eventually(lambda: ask(mx_b, "192.0.2.44").startswith("554 5.7.1"), "B is in sync")
+
+    assert mx_a.ctl("add", "192.0.2.44", "--user", "taro")["ok"]
+    eventually(lambda: ask(mx_b, "192.0.2.44") == "OK", "B honours the login A recorded")
+    assert ask(mx_a, "192.0.2.44") == "OK"
+    assert ask(mx_b, "192.0.2.45").startswith("554 5.7.1")
+
+    assert mx_b.ctl("add", "192.0.2.46")["ok"]
+    assert mx_a.ctl("remove", "192.0.2.44")["ok"]
+    eventually(lambda: ask(mx_b, "192.0.2.44").startswith("554"), "the removal reaches B")
+
+    late = start("late")
+    eventually(lambda: ask(late, "192.0.2.46") == "OK", "a late service sees earlier logins")
+    assert ask(late, "192.0.2.44").startswith("554")
+    stats = mx_b.ctl("stats")["stats"]
+    assert isinstance(stats, dict)
+    assert stats["fleet-state"] == redis_server.url and stats["fleet-stale"] is False
+
+    redis_server.kill()
+    assert ask(mx_b, "192.0.2.46") == "OK"  # known: a genuine allowance
+    eventually(
+        lambda: ask(mx_b, "192.0.2.47").startswith("451 4.3.0"),
+        "an unknown client is deferred once B is cut off for max_staleness",
+    )
+    assert ask(mx_b, "192.0.2.46") == "OK"
+    assert mx_a.ctl("add", "192.0.2.48")["ok"]  # queued while Redis is down
+
+    redis_server.start()  # from its append-only file
+    eventually(lambda: ask(mx_b, "192.0.2.47").startswith("554"), "B recovers by itself")
+    eventually(lambda: ask(mx_b, "192.0.2.48") == "OK", "the queued login reaches B")
+    assert ask(mx_b, "192.0.2.46") == "OK"
+
+
+def test_a_watcher_on_the_pop_server_feeds_every_mta(
+    fleet: tuple[RedisInstance, Callable[[str], Service]], tmp_path: Path
+) -> None:
+    """`relaypolicy watch` on the POP server writes to Redis; two MTAs' services see it."""
+    import signal
+    import subprocess
+    import sys
+
+    redis_server, start = fleet
+    mta_a, mta_c = start("a"), start("c")
+    log = tmp_path / "dovecot.log"
+    log.write_text("")
+    config = tmp_path / "pop-server.toml"
+    config.write_text(
+        CONFIG.format(url=redis_server.url)
+        + f'\n[watch]\nlog = "{log}"\nformat = "dovecot"\ninterval = 0.05\n'
+    )
+    output = (tmp_path / "watch.out").open("wb")
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "relaypolicy", "watch", "--config", str(config)],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert ask(mta_c, "127.0.0.21").startswith("554 5.7.1")
+        with log.open("a") as stream:
+            stream.write(
+                time.strftime("%b %d %H:%M:%S")
+                + " pop3-login: Info: Login: user=<taro>, method=PLAIN, rip=127.0.0.21, "
+                "lip=127.0.0.1, mpid=1, session=<abc>\n"
+            )
+        eventually(lambda: ask(mta_a, "127.0.0.21") == "OK", "MTA A lets the POP client relay")
+        eventually(lambda: ask(mta_c, "127.0.0.21") == "OK", "MTA C lets the POP client relay")
+        assert ask(mta_c, "127.0.0.22").startswith("554 5.7.1")
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(timeout=20) == 0, (tmp_path / "watch.out").read_text()
