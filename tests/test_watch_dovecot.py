@@ -24,8 +24,9 @@ from dovecot_instance import DovecotInstance, running_dovecot
 from realservers import require_loopback_address
 
 from relaypolicy.iptable.memory import ExpiringIpTable
-from relaypolicy.watch.follow import LogFollower, Watcher
+from relaypolicy.watch.follow import LogFollower
 from relaypolicy.watch.parsers import DovecotParser, DovecotSessions
+from relaypolicy.watch.watcher import Watcher
 
 pytestmark = pytest.mark.real
 

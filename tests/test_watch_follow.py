@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from relaypolicy.iptable.memory import ExpiringIpTable
 from relaypolicy.testing import FakeClock
 from relaypolicy.watch.export import Exporter
-from relaypolicy.watch.follow import MAX_LINE, LogFollower, Watcher, follow
+from relaypolicy.watch.follow import MAX_LINE, LogFollower, follow
+from relaypolicy.watch.watcher import Watcher
 
 WALL = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 

@@ -16,9 +16,9 @@ import pytest
 
 from relaypolicy.iptable.memory import ExpiringIpTable
 from relaypolicy.testing import FakeClock
-from relaypolicy.watch.follow import Watcher
 from relaypolicy.watch.framing import LineFraming
 from relaypolicy.watch.parsers import DovecotParser, DovecotSessions, SessionEnd
+from relaypolicy.watch.watcher import Watcher
 
 WALL = datetime(2026, 11, 28, 17, 56, 31, tzinfo=UTC).timestamp()
 TTL = 600.0

@@ -10,7 +10,7 @@ configuration. See ``docs/watcher.md``.
 """
 
 from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError, render
-from relaypolicy.watch.follow import MAX_LINE, FilePosition, LogFollower, Watcher, follow
+from relaypolicy.watch.follow import MAX_LINE, FilePosition, LogFollower, follow
 from relaypolicy.watch.framing import LineFraming, LogLine
 from relaypolicy.watch.parsers import (
     PARSER_FORMATS,
@@ -27,6 +27,7 @@ from relaypolicy.watch.parsers import (
     UwParser,
     parser_for,
 )
+from relaypolicy.watch.watcher import Watcher
 
 __all__ = [
     "EXPORT_FORMATS",

@@ -34,9 +34,10 @@ import attrs
 from relaypolicy.config import ConfigError
 from relaypolicy.control import ask
 from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError
-from relaypolicy.watch.follow import LogFollower, LoginTable, Watcher
+from relaypolicy.watch.follow import LogFollower
 from relaypolicy.watch.framing import LineFraming
 from relaypolicy.watch.parsers import DovecotParser, DovecotSessions, LineParser, parser_for
+from relaypolicy.watch.watcher import LoginTable, Watcher
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.base import IpEntry
