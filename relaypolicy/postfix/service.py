@@ -23,7 +23,7 @@ from typing import Any
 
 from relaypolicy.config import Config, ConfigError, load_config
 from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
-from relaypolicy.fleet import ReplicaTable
+from relaypolicy.iptable.host import TableHost
 from relaypolicy.postfix.server import PolicyServer, ServerSettings, parse_listener
 from relaypolicy.watch.runner import WatchTask
 
@@ -88,10 +88,12 @@ class Service:
         self._control: asyncio.Server | None = None
         self._stop = asyncio.Event()
         self.watch = WatchTask()
+        self.host = TableHost(
+            self.table, persist=self.config.pop.persist if self.config.pop is not None else ""
+        )
 
     async def start(self) -> list[str]:
-        if isinstance(self.table, ReplicaTable):  # a shared table: its replica follows Redis
-            self.table.start()
+        await self.host.start()
         specs = self.listen_override or list(self.config.serve.listen)
         listeners = [parse_listener(spec, mode=self.config.serve.socket_mode) for spec in specs]
         self.bound = await self.server.start(listeners)
@@ -129,10 +131,8 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         bound = await self.start()
         log.info("relaypolicy serving on %s", ", ".join(bound))
-        expire_task = asyncio.create_task(self._expire_loop())
         await self._stop.wait()
         log.info("stopping: finishing requests in hand")
-        expire_task.cancel()
         await self.close()
         return 0
 
@@ -143,22 +143,7 @@ class Service:
                 os.unlink(self.config.serve.control_socket)
         await self.server.close()
         await self.watch.stop()
-        self.save_table()
-        if isinstance(self.table, ReplicaTable):  # sends what is queued, then stops
-            await asyncio.to_thread(self.table.close)
-
-    def save_table(self) -> None:
-        if self.table is not None and self.config.pop is not None and self.config.pop.persist:
-            try:
-                self.table.save(self.config.pop.persist)
-                log.info("saved the POP-before-SMTP table to %s", self.config.pop.persist)
-            except OSError as exc:
-                log.error("could not save the table to %s: %s", self.config.pop.persist, exc)
-
-    async def _expire_loop(self) -> None:
-        while self.table is not None:
-            await asyncio.sleep(5)
-            self.table.expire()
+        await self.host.close()
 
     # --- control socket ---------------------------------------------------------------
 
@@ -184,10 +169,6 @@ class Service:
         counters: dict[str, Any] = dict(self.server.counters)
         counters["connections-open"] = self.server.connections
         counters["uptime-seconds"] = round(time.time() - self.started, 1)
-        if self.table is not None:
-            counters["table-entries"] = len(self.table)
-            counters["pop-ttl"] = self.table.ttl
-        if isinstance(self.table, ReplicaTable):
-            counters.update({f"fleet-{k}": v for k, v in self.table.fleet_stats().items()})
+        counters.update(self.host.stats())
         counters.update(self.watch.counters())
         return counters

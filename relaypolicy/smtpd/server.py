@@ -26,7 +26,7 @@ from aiosmtpd.smtp import SMTP
 from relaypolicy.aiosmtpd import PasswordAuthenticator, RelayPolicyHandler
 from relaypolicy.config import Config
 from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
-from relaypolicy.fleet import ReplicaTable
+from relaypolicy.iptable.host import TableHost
 from relaypolicy.smtpd.delivery import MaildirDelivery
 from relaypolicy.smtpd.settings import SmtpdSettings, parse_listen
 from relaypolicy.watch.runner import WatchTask
@@ -114,6 +114,7 @@ class SmtpdServer:
         self._control: asyncio.Server | None = None
         self._stop = asyncio.Event()
         self.watch = WatchTask()
+        self.host = TableHost(self.table, persist=config.pop.persist if config.pop else "")
 
     def smtp(self) -> SMTP:
         """One aiosmtpd protocol instance (a connection)."""
@@ -134,8 +135,7 @@ class SmtpdServer:
     async def start(self) -> list[str]:
         """Listen; the bound addresses as ``host:port``."""
         loop = asyncio.get_running_loop()
-        if isinstance(self.table, ReplicaTable):  # a shared table: its replica follows Redis
-            self.table.start()
+        await self.host.start()
         for spec in self.listen:
             host, port = parse_listen(spec)
             server = await loop.create_server(self.smtp, host=host, port=port)
@@ -177,10 +177,8 @@ class SmtpdServer:
         log.info("%s", self.describe())
         if self.authenticator is not None and not self.auth_require_tls:
             log.warning("AUTH is offered without TLS: passwords cross the network in the clear")
-        expire = asyncio.create_task(self._expire_loop())
         await self._stop.wait()
         log.info("stopping")
-        expire.cancel()
         await self.close()
         return 0
 
@@ -197,19 +195,7 @@ class SmtpdServer:
                 os.unlink(self.settings.control_socket)
             self._control = None
         await self.watch.stop()
-        pop = self.config.pop
-        if self.table is not None and pop is not None and pop.persist:
-            try:
-                self.table.save(pop.persist)
-            except OSError as exc:
-                log.error("could not save the table to %s: %s", pop.persist, exc)
-        if isinstance(self.table, ReplicaTable):  # sends what is queued, then stops
-            await asyncio.to_thread(self.table.close)
-
-    async def _expire_loop(self) -> None:
-        while self.table is not None:
-            await asyncio.sleep(5)
-            self.table.expire()
+        await self.host.close()
 
     # --- control socket: the subset of `relaypolicy serve`'s that concerns the table ---
 
@@ -220,10 +206,7 @@ class SmtpdServer:
             return parsed
         command, message = parsed
         if command == "stats":
-            stats: dict[str, Any] = {"listening": self.bound}
-            if self.table is not None:
-                stats["table-entries"] = len(self.table)
-                stats["pop-ttl"] = self.table.ttl
+            stats: dict[str, Any] = {"listening": self.bound, **self.host.stats()}
             stats.update(self.watch.counters())
             return {"ok": True, "stats": stats}
         if command not in TABLE_COMMANDS:
