@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from relaypolicy.iptable.memory import ExpiringIpTable
 from relaypolicy.testing import FakeClock
+from relaypolicy.watch import DovecotParser, LoginEvent
 from relaypolicy.watch.export import Exporter
 from relaypolicy.watch.follow import MAX_LINE, LogFollower, follow
 from relaypolicy.watch.watcher import Watcher
@@ -616,3 +617,55 @@ def test_follow_drains_a_backlog_without_waiting(log: Path, state: Path) -> None
     asyncio.run(scenario())
     assert seen == [f"line {n:04d}" for n in range(1000)]
     assert json.loads(state.read_text())["offset"] == 10_000
+
+
+class _LineByLine:
+    """A parser that only has ``parse``: the watcher then reads line by line."""
+
+    def __init__(self, parser: DovecotParser) -> None:
+        self.inner = parser
+
+    def parse(self, line: str) -> LoginEvent | None:
+        return self.inner.parse(line)
+
+    @property
+    def malformed(self) -> int:
+        return self.inner.malformed
+
+
+def test_block_and_line_by_line_feeding_record_the_same() -> None:
+    from zoneinfo import ZoneInfo
+
+    from relaypolicy.watch import LineFraming
+
+    wall = FakeClock(1_795_856_700.0)  # Nov 28 09:05:00 UTC
+    stamp = "Nov 28 09:0{}:28"
+    lines = [
+        f"{stamp.format(4)} pop3-login: Info: Login: user=<taro>, method=PLAIN, "
+        "rip=203.0.113.7, lip=192.0.2.1, mpid=1, session=<a>",
+        f"{stamp.format(4)} mail dovecot: imap-login: Login: user=<x>, method=plain, "
+        "rip=6.6.6.6, lip=1.2.3.4, mpid=1, session=<abc>, method=PLAIN, rip=203.0.113.8, "
+        "lip=192.0.2.1, mpid=2, session=<b>",
+        f"{stamp.format(4)} mail postfix/smtpd[1]: NOQUEUE: reject: from=<pop3-login: Login: "
+        "user=<x>, method=PLAIN, rip=6.6.6.7, lip=1.1.1.1>",
+        f"{stamp.format(4)} pop3-login: Info: Login: user=<y>, method=PLAIN, rip=6.6.6.8, "
+        "rip=203.0.113.9, lip=192.0.2.1, session=<c>",
+        f"{stamp.format(3)} pop3-login: Info: Disconnected (auth failed, 1 attempts in 2 "
+        "secs): user=<taro>, method=PLAIN, rip=203.0.113.10, lip=192.0.2.1, session=<d>",
+        "Oct 01 00:00:00 pop3-login: Info: Login: user=<old>, method=PLAIN, "
+        "rip=203.0.113.11, lip=192.0.2.1, mpid=3, session=<e>",
+        "",
+    ]
+    results = []
+    for wrap in (False, True):
+        parser = DovecotParser(framing=LineFraming(clock=wall, tz=ZoneInfo("UTC")))
+        table = ExpiringIpTable(1800, clock=FakeClock())
+        chosen: DovecotParser | _LineByLine = _LineByLine(parser) if wrap else parser
+        watcher = Watcher(table, chosen, wall_clock=wall)
+        recorded = watcher.feed(lines)
+        entries = sorted((e.address, e.user, e.expires_at) for e in table.entries())
+        results.append((recorded, entries, watcher.counters))
+    assert results[0] == results[1]
+    recorded, entries, counters = results[0]
+    assert [address for address, _, _ in entries] == ["203.0.113.7", "203.0.113.8"]
+    assert counters["lines"] == 7 and counters["stale"] == 1 and counters["malformed"] == 1

@@ -257,3 +257,22 @@ def test_parse_timestamp(text: str, expected: float) -> None:
 @pytest.mark.parametrize("text", ["", "Nov 28", "Nov 28 09:03:28 mail", "yesterday", "Nov 31 0"])
 def test_parse_timestamp_refuses_what_is_not_a_timestamp(text: str) -> None:
     assert framing().parse_timestamp(text) is None
+
+
+def test_minute_cache_holds_the_minutes_split_has_read() -> None:
+    frames = framing()
+    minutes, since, until = frames.minute_cache()
+    assert minutes == {} and not since <= NOW < until  # nothing read yet: ask split()
+    line = "Nov 28 09:03:28 mail dovecot: imap-login: Login: user=<a>"
+    record = frames.split(line)
+    assert record is not None
+    minutes, since, until = frames.minute_cache()
+    assert (since, until) == (epoch("2026-01-01T00:00:00"), epoch("2027-01-01T00:00:00"))
+    assert minutes == {"Nov 28 09:03": epoch("2026-11-28T09:03:00")}
+    assert minutes["Nov 28 09:03"] + 28 == record.time
+    # Another year empties it, in place.
+    clock = FakeClock(epoch("2027-01-01T00:00:01"))
+    frames.clock = clock
+    assert frames.split(line) is not None
+    assert frames.minute_cache()[0] is minutes
+    assert frames.minute_cache()[1] == epoch("2027-01-01T00:00:00")

@@ -852,6 +852,190 @@ def test_parse_lines_and_parse_block_agree_with_parse() -> None:
         assert list(make().parse_block("".join(lines).replace("\n", "\r\n"))) == one_by_one
 
 
+# parse_block: the same events as parse_lines over the same lines, for any mixed text.
+# The Dovecot block path reads a line on the spot only when its minute is known and its
+# structure is the usual one, so the texts repeat minutes and mix usual lines with crafted
+# ones; each block is parsed twice by one parser (the second time every minute and head
+# is known) and compared with a fresh parser reading the lines one by one.
+
+
+def _block_lines() -> list[str]:
+    lines = [frame(tag, message) for _, tag, message, _, _ in LOGINS for frame in FRAMINGS]
+    lines += [frame(tag, message) for _, tag, message in NOT_LOGINS for frame in FRAMINGS]
+    lines += [line + "\n" for _, line, _ in INJECTIONS]
+    lines += [
+        # Near misses of the usual Dovecot structure, each one change away from it.
+        syslog("dovecot", "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9"),
+        syslog("dovecot", "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9,x"),
+        syslog("dovecot", "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9 , lip=1"),
+        syslog("dovecot", "imap-login: Login: user=<a>, method=PLAIN, rip=300.1.1.1, lip=1"),
+        syslog("dovecot", "imap-login: Login: user=<a>, method=PL AIN, rip=192.0.2.9, lip=1"),
+        syslog("dovecot", "imap-login: Login: user=<a>, lip=1.1.1.1, method=X, rip=192.0.2.9"),
+        syslog("dovecot", "imap-login: Login: user=<a>, method=X, lip=1, rip=192.0.2.9, a=b"),
+        syslog("dovecot", "imap-login: Login: user=<>, method=PLAIN, rip=192.0.2.9, lip=1"),
+        syslog("dovecot", "imap-login: Login: user=<a\x00>, method=PLAIN, rip=192.0.2.9"),
+        syslog("dovecot", "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9, \x00"),
+        syslog("dovecot", "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9, x\ry"),
+        syslog("dovecot", "imap-login: Info: Info: Login: user=<a>, method=P, rip=192.0.2.9"),
+        syslog("dovecot", "imap-login:  Login: user=<a>, method=PLAIN, rip=192.0.2.9"),
+        syslog("dovecot", "pop3: Login: user=<a>, method=PLAIN, rip=192.0.2.9, lip=1"),
+        syslog("dovecot[x]", "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9"),
+        with_pid("dovecot", "imap-login: Logged in: user=<b>, method=PLAIN, rip=::ffff:1.2.3.4"),
+        syslog("postfix/smtpd", "imap-login: Login: user=<a>, method=PLAIN, rip=6.6.6.6"),
+        "Nov 28 09:03:28 mail\x00 dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.1\n",
+        "Nov 28 09:03:28 ma[il dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.1\n",
+        "Nov 28 09:03:28 mail dovecot: [ID 1 mail.info] imap-login: Login: user=<a>, "
+        "method=P, rip=1.1.1.1\n",
+        "Nov 28 09:03:61 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.1\n",
+        "Nov 28 09:03:28.5 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.1\n",
+        "Nov 28 09:03:28.5 dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.1\n",
+        syslog("dvsys", "pop3-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9, lip=1"),
+        syslog("bad tag", "pop3-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9, lip=1"),
+        "Nov 28 09:03:28 mail pop3-login: imap-login: Login: user=<a>, method=P, rip=1.1.1.1\n",
+        "Nov 28 09:03x28 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.1\n",
+        syslog("dovecot", "imap-login: Login: user=<a>, method=P, rip=192.0.2.9, x>, method=Q"),
+        "Nov  8 09:03:28 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.2\n",
+        "Nov 8 09:03:28 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.3\n",
+        "Nov  28 09:03:28 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.4\n",
+        "Feb 29 09:03:28 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.5\n",
+        "Nov 29 09:03:28 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.6\n",
+        "Dec 28 09:03:28 mail dovecot: imap-login: Login: user=<a>, method=P, rip=1.1.1.7\n",
+        "Nov 28 09:03:28 imap-login[1]: Info: Login: user=<a>, method=P, rip=1.1.1.8\n",
+        "Nov 28 09:03:28 pop3-login: Login: user=<a>, method=P, rip=1.1.1.9, lip=1\n",
+        "2026-11-28 09:03:28 pop3-login: Info: Login: user=<a>, method=P, rip=1.1.1.10\n",
+        "Nov 28 09:03:28 mail dovecot: imap-login: Login: user=<Login: user=<x>, method=P, "
+        "rip=6.6.6.6>, method=P, rip=1.1.1.11\n",
+        "Nov 28 09:03:28 mail dovecot: imap-login: Login: user=<x\rNov 28 09:03:28 mail "
+        "dovecot: imap-login: Login: user=<y>, method=P, rip=6.6.6.6\n",
+        "\n",
+        "\r\n",
+    ]
+    return lines
+
+
+BLOCK_LINES = _block_lines()
+dovecot_lines = st.builds(
+    lambda frame, verb, user, rip, tail: frame(
+        f"{verb}: user=<{user}>, method=PLAIN, rip={rip}{tail}"
+    ),
+    dovecot_framings,
+    st.sampled_from(["Login", "Logged in"]),
+    st.one_of(names, evil_names, st.tuples(names, evil_names, names).map("".join)),
+    st.one_of(addresses, st.sampled_from(["6.6.6.6,", "[6.6.6.6]", "", "x"])),
+    st.one_of(
+        st.sampled_from(["", ", lip=192.0.2.1, mpid=1, TLS, session=<a>", ", rip=6.6.6.6"]),
+        evil_names.map(", ".join),
+        names.map(", ".__add__),
+    ),
+)
+block_texts = st.lists(
+    st.one_of(st.sampled_from(BLOCK_LINES), dovecot_lines), min_size=1, max_size=30
+).flatmap(
+    lambda lines: st.tuples(st.just(lines), st.booleans(), st.booleans()).map(
+        lambda drawn: _join(*drawn)
+    )
+)
+
+
+def _join(lines: list[str], crlf: bool, cut_last_newline: bool) -> str:
+    text = "".join(lines)
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    return text.removesuffix("\n") if cut_last_newline else text
+
+
+def _dovecot_with_odd_programs() -> LineParser:
+    # An instance_name, and a login process name taken for a syslog tag.
+    return DovecotParser(programs=["dvsys", "pop3-login", "bad tag"], framing=framing())
+
+
+class _Heard:
+    """A parser's malformed lines as its on_malformed hook hears them."""
+
+    def __init__(self, parser: LineParser) -> None:
+        self.lines: list[tuple[str, str]] = []
+        parser.on_malformed = self.hear
+
+    def hear(self, line: str, why: str) -> None:
+        self.lines.append((line, why))
+
+
+@given(text=block_texts)
+@example(text="".join(BLOCK_LINES))
+@example(text="".join(BLOCK_LINES).replace("\n", "\r\n"))
+def test_parse_block_is_parse_lines_over_the_same_lines(text: str) -> None:
+    for make in [*PARSERS.values(), _dovecot_with_odd_programs]:
+        reference = make()
+        heard = _Heard(reference)
+        expected = (list(reference.parse_lines(text.split("\n"))), heard.lines)
+        parser = make()
+        heard = _Heard(parser)
+        for _ in range(2):  # cold, then with every minute and head already seen
+            assert (list(parser.parse_block(text)), heard.lines) == expected
+            assert parser.malformed == len(heard.lines)
+            heard.lines, parser.malformed = [], 0
+        if not any(mark in text for mark in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            assert list(make().parse_lines(text.splitlines())) == expected[0]
+
+
+def test_parse_block_takes_whole_lines() -> None:
+    login = syslog("dovecot", "imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.9, lip=1")
+    parser = DovecotParser(framing=framing())
+    # Text after the last newline is read as a whole line: cutting is the caller's job.
+    assert len(list(parser.parse_block(login * 3 + login.rstrip("\n")))) == 4
+    assert (
+        list(parser.parse_block(login.replace("\n", "\r\n") * 2 + "\n\n"))
+        == [LoginEvent(T, "192.0.2.9", "a", "dovecot")] * 2
+    )
+    # Only "\n" ends a line: a "\r" inside one makes it no log line at all.
+    assert list(parser.parse_block(login.rstrip("\n") + "\r" + login)) == []
+    assert list(parser.parse_block("")) == []
+
+
+def test_dovecot_block_reads_usual_lines_without_the_per_line_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    usual = [
+        syslog(
+            "dovecot",
+            f"imap-login: Login: user=<u{i}>, method=PLAIN, rip=192.0.2.{i}, "
+            "lip=192.0.2.1, mpid=1, TLS, session=<a>",
+        )
+        for i in range(1, 4)
+    ] + [dovecot_file("pop3-login", "Login: user=<v>, method=PLAIN, rip=::ffff:192.0.2.4")]
+    parser = DovecotParser(framing=framing())
+    assert [e.address for e in parser.parse_block("".join(usual))] == [
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.3",
+        "192.0.2.4",
+    ]
+    read_one_by_one: list[str] = []
+    per_line = DovecotParser._parse_framed
+
+    def spy(self: DovecotParser, line: str) -> LoginEvent | None:
+        read_one_by_one.append(line)
+        return per_line(self, line)
+
+    monkeypatch.setattr(DovecotParser, "_parse_framed", spy)
+    events = list(parser.parse_block("".join(usual) + INJECTIONS[0][1] + "\n"))
+    assert [e.address for e in events] == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    assert read_one_by_one == [INJECTIONS[0][1]]  # only the line it does not settle
+
+
+def test_dovecot_block_across_the_turn_of_the_year() -> None:
+    clock = FakeClock(datetime(2026, 12, 31, 23, 59, 50, tzinfo=UTC).timestamp())
+    block = "".join(
+        f"{stamp} mail dovecot: imap-login: Login: user=<a>, method=PLAIN, rip=192.0.2.{i}\n"
+        for i, stamp in enumerate(["Dec 31 23:59:58", "Jan  1 00:00:02", "Dec 31 23:59:59"])
+    )
+    parser = DovecotParser(framing=LineFraming(clock=clock, tz=ZoneInfo("UTC")))
+    for now in ("2026-12-31T23:59:59", "2027-01-01T00:00:03", "2027-01-01T00:00:04"):
+        clock.set(datetime.fromisoformat(now + "+00:00").timestamp())
+        reference = DovecotParser(framing=LineFraming(clock=clock, tz=ZoneInfo("UTC")))
+        assert list(parser.parse_block(block)) == list(reference.parse_lines(block.split("\n")))
+
+
 # The real Dovecot: log in from a loopback client, read its log file.
 
 

@@ -36,7 +36,9 @@ skew between hosts is therefore dated eleven months back, and ignored as old.) A
 Only login lines reach the framing on the hot path (the parsers test for their phrase
 first), but those come by the thousand: the start of each year-less minute is computed
 once and kept (``_minutes``, emptied when the clock enters another year), so a line
-costs one regular-expression match, a dictionary lookup and an addition.
+costs one regular-expression match, a dictionary lookup and an addition. A parser that
+reads a whole block may use that cache directly (:meth:`LineFraming.minute_cache`)
+for lines whose minute :meth:`~LineFraming.split` has already read.
 """
 
 from __future__ import annotations
@@ -66,8 +68,13 @@ _TIME = (
 # Then "host tag[pid]: ": the host may be an IPv6 address but never ends with a colon;
 # the tag is what openlog(3) was given (cyrus/imap, postfix/smtpd, ...). Or, with no
 # host, Dovecot's process name ("pop3-login: ", "pop3(taro)<6072><PW95RVZh39h/AAAK>: ").
+# The host and tag patterns are shared with parsers that check a line's head in one
+# piece (DovecotParser.parse_block): each token is delimited by a character it cannot
+# contain, so a line has at most one split into time, host and tag.
+HOST_PATTERN = r"[^\s\[\]]*[^\s:\[\]]"
+TAG_PATTERN = r"[A-Za-z0-9_./-]+"
 _LINE = re.compile(
-    _TIME + r" (?:([^\s\[\]]*[^\s:\[\]]) ([A-Za-z0-9_./-]+)(?:\[(\d+)\])?"
+    _TIME + rf" (?:({HOST_PATTERN}) ({TAG_PATTERN})(?:\[(\d+)\])?"
     r"|([^\s:\[]+?)(?:\[(\d+)\])?): ",
     re.ASCII,
 )
@@ -168,6 +175,19 @@ class LineFraming:
         if when is not None and fraction is not None:
             when += float(fraction)
         return when
+
+    def minute_cache(self) -> tuple[dict[str, float], float, float]:
+        """``(minutes, since, until)``, for parsers that read many lines at once.
+
+        ``minutes`` maps a year-less minute that :meth:`split` has read (``"Nov 28
+        09:03"``, always a string the time pattern matched) to its start in the year
+        the clock is in. While ``since <= clock() < until``, the time :meth:`split`
+        gives a line of that minute and second ``s`` (0 to 60, no fraction) is
+        ``minutes[minute] + s`` if that is at most ``clock() + future_tolerance``. In
+        every other case, or for a minute not in ``minutes``, call :meth:`split`; it
+        may move the framing to another year, so ask again afterwards.
+        """
+        return self._minutes, self._year_from, self._year_until
 
     def _numeric_time(self, base: str, zone: str | None) -> float | None:
         key = (base, zone)

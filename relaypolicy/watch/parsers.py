@@ -32,6 +32,16 @@ A line from the right program that begins like a success but fails the structure
 ``on_malformed`` if one was given (to log it: a crafted or damaged line deserves a
 look), and returns ``None``. Lines that are simply not logins are not counted.
 
+Blocks. ``parse_block(text)`` reads a whole read of the log at once (the follower reads
+64 KiB at a time) and gives exactly what ``parse_lines(text.split("\n"))`` gives. It
+skips the lines without the server's phrase with one search over the block, in C,
+instead of one test per line. For Dovecot that search is a regular expression that also
+matches the fields after the user name in their usual order, and a line so matched is
+read on the spot when its head (time, host, tag, service) is one already seen; the
+checks are the same rules as above, spelled so that any line they do not settle (another
+framing, a field order Dovecot does not use, anything malformed) goes to the per-line
+path, which stays the reference (see ``_DOVECOT_SENTENCE``).
+
 Addresses come out canonical (:func:`relaypolicy.networks.normalize_ip`): IPv4-mapped
 IPv6 folded to IPv4, IPv6 compressed. Times are epoch seconds (see the framing for
 year-less syslog times).
@@ -39,12 +49,13 @@ year-less syslog times).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, Protocol
 
-from relaypolicy.networks import normalize_ip
-from relaypolicy.watch.framing import LineFraming, LogLine
+from relaypolicy.networks import normalize_ip, parse_ip
+from relaypolicy.watch.framing import HOST_PATTERN, TAG_PATTERN, LineFraming, LogLine
 
 __all__ = [
     "PARSER_FORMATS",
@@ -119,8 +130,12 @@ class LineParser:
                 yield event
 
     def parse_block(self, text: str) -> Iterator[LoginEvent]:
-        """The logins in ``text``: whole lines separated by newlines, e.g. a 1 MiB read
-        of a log file cut after its last newline."""
+        """The logins in ``text``, which is taken to be whole lines separated by
+        ``"\n"``: e.g. a read of a log file cut after its last newline (cutting is the
+        caller's job; text after the last newline is read as one more whole line).
+        The same events as ``parse_lines(text.split("\n"))``, in order, and the same
+        lines counted as malformed; only ``"\n"`` ends a line, as in the follower (a
+        ``"\r"`` before it is dropped, as :meth:`parse` drops it)."""
         return self.parse_lines(text.split("\n"))
 
     def _refuse(self, line: str, reason: str) -> None:
@@ -233,11 +248,79 @@ class DovecotParser(_ServerParser):
     no host.
     """
 
-    __slots__ = ()
+    __slots__ = ("_head", "_head_programs", "_heads")
 
     name = "dovecot"
     default_programs = frozenset({"dovecot"})
     marker = "n: user=<"
+
+    def __init__(
+        self,
+        *,
+        programs: Iterable[str] | None = None,
+        framing: LineFraming | None = None,
+        on_malformed: MalformedHook | None = None,
+    ) -> None:
+        super().__init__(programs=programs, framing=framing, on_malformed=on_malformed)
+        self._head_programs = self.programs
+        self._head = _dovecot_head(self.programs)
+        self._heads: dict[str, int] = {}
+
+    def parse_block(self, text: str) -> Iterator[LoginEvent]:
+        # The block path: see the comment above _DOVECOT_SENTENCE.
+        if self._head_programs is not self.programs:
+            self._head_programs, self._head = self.programs, _dovecot_head(self.programs)
+            self._heads = {}
+        head_match, heads = self._head.fullmatch, self._heads
+        parse_framed, name, find, rfind = self._parse_framed, self.name, text.find, text.rfind
+        framing = self.framing
+        # One reading of the clock for the block: every line in it was written before
+        # the block was read (the per-line path reads it for each line).
+        now, tolerance = framing.clock(), framing.future_tolerance
+        minutes, since, until = framing.minute_cache()
+        latest = now + tolerance if since <= now < until else -math.inf
+        stop = 0
+        for found in _DOVECOT_SENTENCE.finditer(text):
+            at = found.start()
+            if at < stop:
+                continue  # another sentence in a line already read
+            start = rfind("\n", 0, at) + 1
+            user, address, tail = found.groups()
+            if (
+                address is not None
+                and ", rip=" not in tail
+                and ">, method=" not in tail
+                and "\r" not in tail
+                and "\x00" not in tail
+            ):
+                # The head after its minute: ":28 mail dovecot: imap-login: " -> 28.
+                after = text[start + 12 : at]
+                second = heads.get(after)
+                if second is None:
+                    second = _second_of_head(after, head_match)
+                    if len(heads) >= 4096:
+                        heads.clear()
+                    heads[after] = second
+                if (
+                    second >= 0
+                    and (minute := minutes.get(text[start : start + 12])) is not None
+                    and (when := minute + second) <= latest
+                ):
+                    try:
+                        canonical = parse_ip(address).text
+                    except ValueError:
+                        pass
+                    else:
+                        yield _new_event(LoginEvent, (when, canonical, user, name))
+                        continue
+            stop = find("\n", at)
+            if stop < 0:
+                stop = len(text)
+            event = parse_framed(text[start:stop])
+            minutes, since, until = framing.minute_cache()  # split() may start a year
+            latest = now + tolerance if since <= now < until else -math.inf
+            if event is not None:
+                yield event
 
     def _fields(self, record: LogLine) -> tuple[str, str] | None:
         _, host, program, pid, rest = record
@@ -270,6 +353,53 @@ class DovecotParser(_ServerParser):
             raise _Malformed("not exactly one rip= field after the user name")
         end = fields.find(", ", at + 6)
         return fields[at + 6 : end if end >= 0 else len(fields)], rest[start:cut]
+
+
+# The block path (DovecotParser.parse_block). One regular-expression search over the
+# whole block (a read of the log) finds each login sentence and, in the same match, the
+# fields after the user name in Dovecot's own order: "user=<u>, method=M, rip=A", then
+# ", ..." or nothing up to the end of the line. Only those lines cost any Python. A line
+# is read on the spot only when it has exactly the structure _fields accepts, so that
+# the event is the one parse() gives: a user name without ">" (the ">, method=" after it
+# is then the last one in the line), method and address in their character sets, no
+# second ", rip=" nor ">, method=" after the address, no CR or NUL, and a head (the text
+# before the sentence) that is a classic syslog time "Mmm dd hh:mm:ss " whose minute the
+# framing has already read (LineFraming.minute_cache), then a host, a tag of
+# ``programs`` and a login service, or a bare login service (the log_path file), matched
+# by the framing's own host and tag patterns. Each token of a head ends at a character
+# it cannot contain, so such a head splits exactly as LineFraming.split splits it. Every
+# other line with a sentence (ISO 8601 time, the first line of a minute, fields in
+# another order, anything malformed, ...) goes to the per-line path, which stays the
+# reference and counts malformed lines. A line without a sentence is no login on either
+# path: parse() returns None for it and counts nothing. The address is still only ever
+# the rip= field that follows the last ">, method=" of a line with Dovecot's own tag.
+_DOVECOT_SENTENCE = re.compile(
+    r"Log(?:in|ged in): user=<(?:([^>\n\r\x00]+)>, method=[A-Za-z0-9_-]+, rip=([0-9A-Fa-f:.]+)"
+    r"((?:, .*)?)(?![^\n]))?",
+    re.ASCII,
+)
+_SECONDS = {f"{second:02d}": second for second in range(61)}
+_TAG = re.compile(TAG_PATTERN, re.ASCII)
+
+
+def _dovecot_head(programs: frozenset[str]) -> re.Pattern[str]:
+    """What may follow the time in a login line's head (``_LINE``'s own host, tag and
+    process patterns): ``host TAG[pid]: SERVICE: `` or ``SERVICE: ``, then ``Info: ``."""
+    services = "|".join(sorted(_DOVECOT_SERVICES))
+    tags = "|".join(re.escape(tag) for tag in sorted(programs) if _TAG.fullmatch(tag))
+    bare = "|".join(sorted(_DOVECOT_SERVICES - programs))
+    heads = [f"{HOST_PATTERN} (?:{tags})(?:\\[\\d+\\])?: (?:{services})"] if tags else []
+    heads += [f"(?:{bare})"] if bare else []
+    return re.compile(f"(?:{'|'.join(heads) or '(?!)'}): (?:Info: )?", re.ASCII)
+
+
+def _second_of_head(after: str, head_match: Callable[[str, int], object]) -> int:
+    """The second of a head's ``":SS host tag: service: "`` (after its minute), or -1
+    when it is not that, read by the framing's patterns (``head_match``)."""
+    second = _SECONDS.get(after[1:3], -1)
+    if after[:1] != ":" or after[3:4] != " " or "\x00" in after:
+        return -1
+    return second if head_match(after, 4) is not None else -1
 
 
 # Courier ------------------------------------------------------------------------------
@@ -509,7 +639,7 @@ class SessionEnd(NamedTuple):
 class DovecotSessions:
     """Dovecot's session ids: the one a login line opens, and the one a mail process's
     last line (``Logged out``, ``Disconnected: ...``) closes. For the watcher's
-    ``sessions=`` (see :class:`relaypolicy.watch.follow.Watcher`); ``programs`` and
+    ``sessions=`` (see :class:`relaypolicy.watch.watcher.Watcher`); ``programs`` and
     ``framing`` as for :class:`DovecotParser` (pass the same framing to share its
     clock and zone).
     """
