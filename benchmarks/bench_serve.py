@@ -6,8 +6,10 @@ chain ``trusted_networks, sasl_permit, local_domains``) and postfwd (the Debian 
 postfwd2, the prefork server the ``postfwd`` command runs, and postfwd1, its single-process
 sibling) with rules that do the same. postfwd runs with its request cache off
 (``--cache=0``), DNS off, logging off, and postfwd2's per-request statistics message to its
-parent off (``--summary=0``, its fastest setting). relaypolicy logs at ``warning``, and
-again at ``info`` (one line per decision, as in production, to a file) in rows of its own.
+parent off (``--summary=0``, its fastest setting). relaypolicy runs at its default log
+level ``info`` (one line per decision, as in production, to a file), and again at
+``warning`` in rows of its own. The issue's targets (at least 2x postfwd's throughput, p99
+under 5 ms, at 8 connections) are judged for both, the default level first.
 
 One load generator, this process, holds 1, 8 and 64 persistent connections to each server
 in turn and sends Postfix requests (Postfix 3.7's full attribute set, 31 attributes) one at
@@ -595,25 +597,34 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
 
 
 def report_targets(runs: list[Run], postfwds: list[str]) -> None:
+    """The issue's targets, judged for relaypolicy at its default log level (info: one
+    line per decision) and again at warning."""
     by = {(r.server, r.connections): r for r in runs}
-    ours = by.get(("relaypolicy (warning)", TARGET_CONNECTIONS))
-    if ours is None:
+    judged = [
+        (label, by[(label, TARGET_CONNECTIONS)])
+        for label in ("relaypolicy (info)", "relaypolicy (warning)")
+        if (label, TARGET_CONNECTIONS) in by
+    ]
+    if not judged:
         print(f"\nTargets are judged at {TARGET_CONNECTIONS} connections: not measured.")
         return
-    print(f"\nTargets (issue), at {TARGET_CONNECTIONS} connections, relaypolicy at warning:")
-    p99 = ours.percentile_ms(0.99)
-    met = "MET" if p99 < TARGET_P99_MS else "MISSED"
-    noisy = " (noisy row)" if ours.noisy else ""
-    print(f"  p99 < {TARGET_P99_MS:g} ms: {met} ({p99:.2f} ms){noisy}")
-    for name in postfwds:
-        theirs = by.get((name, TARGET_CONNECTIONS))
-        if theirs is not None:
-            ratio = ours.rate / theirs.rate
-            met = "MET" if ratio >= TARGET_RATIO else "MISSED"
-            noisy = " (noisy rows)" if ours.noisy or theirs.noisy else ""
-            print(f"  throughput >= {TARGET_RATIO:g}x {name}: {met} ({ratio:.2f}x){noisy}")
-    if not postfwds:
-        print("  throughput vs postfwd: not measured (--skip-postfwd)")
+    print(f"\nTargets (issue), at {TARGET_CONNECTIONS} connections:")
+    for label, ours in judged:
+        default = " (the default log level)" if label == "relaypolicy (info)" else ""
+        print(f"  {label}{default}:")
+        p99 = ours.percentile_ms(0.99)
+        met = "MET" if p99 < TARGET_P99_MS else "MISSED"
+        noisy = " (noisy row)" if ours.noisy else ""
+        print(f"    p99 < {TARGET_P99_MS:g} ms: {met} ({p99:.2f} ms){noisy}")
+        for name in postfwds:
+            theirs = by.get((name, TARGET_CONNECTIONS))
+            if theirs is not None:
+                ratio = ours.rate / theirs.rate
+                met = "MET" if ratio >= TARGET_RATIO else "MISSED"
+                noisy = " (noisy rows)" if ours.noisy or theirs.noisy else ""
+                print(f"    throughput >= {TARGET_RATIO:g}x {name}: {met} ({ratio:.2f}x){noisy}")
+        if not postfwds:
+            print("    throughput vs postfwd: not measured (--skip-postfwd)")
 
 
 @contextlib.contextmanager

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import itertools
 
-from relaypolicy import FirstMatch, LocalDomainOnly, TrustedNetworks, Verdict
-from relaypolicy.model import accept, defer, next_policy
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relaypolicy import FirstMatch, LocalDomainOnly, Request, TrustedNetworks, Verdict
+from relaypolicy.model import accept, defer, next_policy, reject
 from relaypolicy.postfix import (
     PolicyConnection,
+    PolicyRequest,
     ProtocolError,
     decision_action,
     encode_action,
 )
+from relaypolicy.postfix.codec import MAX_REQUEST, POSTFIX_ATTRIBUTES
 
 # What Postfix 3.7 sends at RCPT TO (SMTPD_POLICY_README), abridged only in values.
 POSTFIX_REQUEST = (
@@ -166,3 +172,216 @@ def test_actions() -> None:
     assert encode_action("DUNNO") == b"action=DUNNO\n\n"
     with pytest.raises(ValueError, match="one line"):
         encode_action("OK\nREJECT")
+
+
+# --- the one-pass parser agrees with the line parser -----------------------------------
+
+
+class LineParserOnly(PolicyConnection):
+    """The reference: every request goes through the line-at-a-time parser."""
+
+    __slots__ = ()
+
+    def _whole_request(self, buffer: bytearray, start: int) -> None:
+        return None
+
+
+Outcome = list[dict[str, str]] | str  # the requests completed by a chunk, or the error
+
+
+def feed(connection: PolicyConnection, chunks: list[bytes]) -> list[tuple[Outcome, bool]]:
+    """What each chunk gives (requests or the error message) and ``in_request`` after it."""
+    outcomes: list[tuple[Outcome, bool]] = []
+    for chunk in chunks:
+        try:
+            got: Outcome = [r.attributes for r in connection.receive_data(chunk)]
+        except ProtocolError as exc:
+            got = str(exc)
+        outcomes.append((got, connection.in_request))
+    return outcomes
+
+
+PIPELINED = (
+    POSTFIX_REQUEST
+    + b"request=smtpd_access_policy\r\nprotocol_state=RCPT\r\nrecipient=a@b\r\n\r\n"
+    + "request=smtpd_access_policy\nrecipient=ユーザー@例え.jp\nccert_subject=CN=a=b\n\n".encode()
+    + b"request=smtpd_access_policy\nrecipient=c@d\nrecipient=last@wins\n\n"
+)
+
+
+def test_pipelined_requests_split_at_every_byte_boundary_give_the_same_requests() -> None:
+    whole = [r.attributes for r in PolicyConnection().receive_data(PIPELINED)]
+    assert len(whole) == 4
+    assert whole[1]["recipient"] == "a@b"
+    assert whole[3]["recipient"] == "last@wins"
+    for split in range(1, len(PIPELINED)):
+        connection = PolicyConnection()
+        got = connection.receive_data(PIPELINED[:split])
+        got += connection.receive_data(PIPELINED[split:])
+        assert [r.attributes for r in got] == whole, split
+        assert not connection.in_request
+
+
+def test_pipelined_requests_split_at_every_pair_of_boundaries() -> None:
+    data = PIPELINED[len(POSTFIX_REQUEST) :]  # the three short ones
+    whole = feed(LineParserOnly(), [data])[0][0]
+    for first in range(1, len(data)):
+        for second in range(first, len(data)):
+            chunks = [data[:first], data[first:second], data[second:]]
+            got = [r for outcome, _ in feed(PolicyConnection(), chunks) for r in outcome]
+            assert got == whole, (first, second)
+
+
+LIMITS = {"max_line": 40, "max_request": 160, "max_attributes": 3}
+
+# Streams of requests whose lines sit at the grammar's edges, so that random streams hit
+# every rule: CR, NUL, a missing "=" or name, bytes that are not UTF-8 (in a value or in a
+# name), repeated names, long lines, big requests, other request types; mostly good lines,
+# so that many requests are whole and valid.
+GOOD_LINES = st.sampled_from(
+    [
+        b"request=smtpd_access_policy",
+        b"recipient=a@b",
+        b"recipient=c@d",
+        b"client_address=192.0.2.1",
+        b"ccert_subject=CN=a=b",
+        b"x=",
+        "u=ユーザー".encode(),
+        b"long=" + b"v" * 35,
+    ]
+)
+BAD_LINES = st.one_of(
+    st.sampled_from(
+        [
+            b"request=smtpd_access_policy\r",
+            b"recipient=c@d\r",
+            b"request=junk",
+            b"=value",
+            b"no equals",
+            b"\r",
+            b"a=\x00",
+            b"a=\xff",
+            b"\xc3\xa9=1",
+            b"longer=" + b"v" * 34,
+            b"big=" + b"v" * 37,
+        ]
+    ),
+    st.binary(max_size=30),
+)
+LINES = st.one_of(GOOD_LINES, GOOD_LINES, GOOD_LINES, BAD_LINES)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    data = b""
+    for _ in range(draw(st.integers(0, 4))):
+        lines = [b"request=smtpd_access_policy", *draw(st.lists(LINES, max_size=8))]
+        lines = draw(st.permutations(lines))
+        end = draw(st.sampled_from([b"\n", b"\n", b"\r\n", b""]))
+        data += b"".join(line + b"\n" for line in lines) + end
+    data += draw(st.binary(max_size=4))
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=4)))
+    bounds = [0, *cuts, len(data)]
+    return data, [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(streams())
+def test_one_pass_parser_agrees_with_the_line_parser(stream: tuple[bytes, list[bytes]]) -> None:
+    """Same requests, same attributes, same error, same state: chunk by chunk."""
+    _, chunks = stream
+    assert feed(PolicyConnection(**LIMITS), chunks) == feed(LineParserOnly(**LIMITS), chunks)
+
+
+@settings(max_examples=300)
+@given(streams())
+def test_default_limits_agree_too(stream: tuple[bytes, list[bytes]]) -> None:
+    _, chunks = stream
+    assert feed(PolicyConnection(), chunks) == feed(LineParserOnly(), chunks)
+
+
+def sized(size: int) -> bytes:
+    """A valid request of exactly ``size`` bytes, its lines under 8 KiB."""
+    data = b"request=smtpd_access_policy\n"
+    index = 0
+    while len(data) + 1 < size:
+        room = min(8000, size - 1 - len(data)) - len(b"a%d=\n" % index)
+        data += b"a%d=%s\n" % (index, b"v" * max(room, 0))
+        index += 1
+    assert len(data + b"\n") == size, size
+    return data + b"\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        sized(MAX_REQUEST),
+        sized(MAX_REQUEST + 1),
+        b"request=smtpd_access_policy\nrecipient=" + b"a" * 8170 + b"\n\n",  # at the limit
+        b"request=smtpd_access_policy\nrecipient=" + "é".encode() * 4090 + b"\n\n",
+        b"request=smtpd_access_policy\n"
+        + b"".join(b"a%d=%s\n" % (i, b"v" * 8000) for i in range(7))
+        + b"\n",
+        b"request=smtpd_access_policy\n" + b"".join(b"a%d=\n" % i for i in range(999)) + b"\n",
+        b"request=smtpd_access_policy\n" + b"".join(b"a%d=\n" % i for i in range(999)) + b"a0=\n\n",
+        b"request=smtpd_access_policy\n" + b"".join(b"a%d=\n" % i for i in range(1000)) + b"\n",
+        b"request=smtpd_access_policy\n" + b"a=" + b"v" * 8000 + b"\n" * 9 + b"\n",
+        b"request=smtpd_access_policy\n" + (b"a=" + b"v" * 8000 + b"\n") * 9 + b"\n",
+        b"request=smtpd_access_policy\n\xc3\xa9=1\n\n",
+        b"request=smtpd_access_policy\nrecipient=c@d\r\n\n",
+        b"\nrequest=smtpd_access_policy\n\n",
+    ],
+)
+def test_limits_at_their_edges_are_the_line_parsers(data: bytes) -> None:
+    for chunks in ([data], [data[:-1], data[-1:]], [data + POSTFIX_REQUEST]):
+        assert feed(PolicyConnection(), chunks) == feed(LineParserOnly(), chunks)
+
+
+def test_to_request_reads_every_postfix_attribute() -> None:
+    values = {
+        "client_address": "192.0.2.1",
+        "recipient": "u@local.test",
+        "sender": "s@aho.jp",
+        "helo_name": "mx.aho.jp",
+        "client_name": "mx.aho.jp",
+        "client_port": "40123",
+        "server_address": "198.51.100.25",
+        "server_port": "587",
+        "sasl_method": "PLAIN",
+        "sasl_username": "yomogi",
+        "encryption_protocol": "TLSv1.3",
+        "encryption_cipher": "TLS_AES_256_GCM_SHA384",
+        "ccert_subject": "CN=yomogi",
+        "ccert_fingerprint": "AB:CD",
+        "ccert_pubkey_fingerprint": "EF:01",
+    }
+    assert set(values) == set(POSTFIX_ATTRIBUTES)
+    request = PolicyRequest({"request": "smtpd_access_policy", **values}).to_request()
+    assert request == Request(**values)
+
+
+@pytest.mark.parametrize(
+    ("given_values", "expected"),
+    [
+        ({}, {}),
+        ({"client_port": "unknown", "server_port": ""}, {}),
+        ({"client_port": "0", "server_port": "0"}, {}),
+        ({"server_address": "unknown"}, {}),
+        ({"server_address": ""}, {}),
+        ({"client_name": "unknown"}, {}),
+        ({"client_name": ""}, {}),
+        ({"client_port": "25", "server_port": "unknown"}, {"client_port": 25}),
+    ],
+)
+def test_unknown_and_missing_values_are_the_defaults(
+    given_values: dict[str, str], expected: dict[str, object]
+) -> None:
+    attributes = {"client_address": "192.0.2.1", "recipient": "u@local.test", **given_values}
+    request = PolicyRequest(attributes).to_request()
+    assert request == Request(client_address="192.0.2.1", recipient="u@local.test", **expected)  # type: ignore[arg-type]
+
+
+def test_actions_make_replies_printable() -> None:
+    refused = reject(554, "5.7.1", "<u@aho.jp>: bad\x07 bell", "p", "r")
+    assert decision_action(refused, recipient="u@aho.jp") == "554 5.7.1 bad? bell"
+    assert decision_action(refused) == "554 5.7.1 <u@aho.jp>: bad? bell"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import stat
@@ -212,3 +213,210 @@ def test_parse_listener(text: str, expected: Listener) -> None:
 def test_parse_listener_refuses(bad: str) -> None:
     with pytest.raises(ValueError, match="listener"):
         parse_listener(bad)
+
+
+def test_pipelined_requests_split_at_every_byte_boundary_are_answered_in_order() -> None:
+    pipelined = request_bytes("u%aho.jp@local.test") + request_bytes("u@local.test")
+    expected = b"action=554 5.7.1 Relay access denied\n\naction=OK\n\n"
+
+    async def scenario() -> None:
+        async with running() as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            for split in range(1, len(pipelined)):
+                writer.write(pipelined[:split])
+                await writer.drain()
+                await asyncio.sleep(0)
+                writer.write(pipelined[split:])
+                answers = await asyncio.wait_for(reader.readexactly(len(expected)), 5)
+                assert answers == expected, split
+            writer.close()
+            assert server.counters["requests"] == 2 * (len(pipelined) - 1)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_one_log_line_per_decision(log_format: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with running(ServerSettings(log_format=log_format)) as (_, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            data = request_bytes("u@aho.jp").replace(b"\n\n", b"\nsender=a\x1bb@aho.jp\n\n")
+            await ask(reader, writer, data)
+            await ask(reader, writer, request_bytes("u@local.test", "192.0.2.5"))
+            await ask(reader, writer, request_bytes("u@local.test", state="MAIL"))  # no line
+            writer.close()
+
+    with caplog.at_level(logging.INFO, logger="relaypolicy.decisions"):
+        run(scenario)
+    records = [r for r in caplog.records if r.name == "relaypolicy.decisions"]
+    assert [r.levelno for r in records] == [logging.INFO, logging.INFO]
+    # The record a plain decisions_log.info(...) in the server would make.
+    assert {(r.funcName, Path(r.pathname).name) for r in records} == {
+        ("_log_decision", "server.py")
+    }
+    lines = [r.getMessage() for r in records]
+    if log_format == "text":
+        assert lines == [
+            "client=203.0.113.7 sender=<a\\x1bb@aho.jp> recipient=<u@aho.jp> verdict=REJECT "
+            "policy=LocalDomainOnly reason=not-local",
+            "client=192.0.2.5 sender=<> recipient=<u@local.test> verdict=ACCEPT "
+            "policy=TrustedNetworks reason=trusted-network",
+        ]
+    else:
+        expected = [
+            {
+                "client": "203.0.113.7",
+                "sender": "a\x1bb@aho.jp",
+                "recipient": "u@aho.jp",
+                "verdict": "reject",
+                "policy": "LocalDomainOnly",
+                "reason": "not-local",
+                "reply": "554 5.7.1 <u@aho.jp>: Relay access denied",
+            },
+            {
+                "client": "192.0.2.5",
+                "sender": "",
+                "recipient": "u@local.test",
+                "verdict": "accept",
+                "policy": "TrustedNetworks",
+                "reason": "trusted-network",
+                "reply": "250 2.1.5 Ok",
+            },
+        ]
+        assert lines == [json.dumps(e, ensure_ascii=False) for e in expected]
+
+
+def test_idle_connection_between_requests_is_closed_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        async with running(ServerSettings(idle_timeout=0.2)) as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await ask(reader, writer, request_bytes("u@local.test")) == b"action=OK\n\n"
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert server.counters["protocol-errors"] == 0
+            assert server.connections == 0
+
+    with caplog.at_level(logging.INFO, logger="relaypolicy.serve"):
+        run(scenario)
+    assert not [r for r in caplog.records if r.name == "relaypolicy.serve"]
+
+
+def test_a_busy_connection_is_not_idle() -> None:
+    async def scenario() -> None:
+        async with running(ServerSettings(idle_timeout=0.3)) as (_, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            for _ in range(6):  # 0.6 s in all, never 0.3 s quiet
+                await asyncio.sleep(0.1)
+                assert await ask(reader, writer, request_bytes("u@local.test")) == (
+                    b"action=OK\n\n"
+                )
+            writer.close()
+
+    run(scenario)
+
+
+def test_client_closing_mid_request_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with running() as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request_bytes("u@local.test") + b"request=smtpd_access_policy\n")
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 5) == b"action=OK\n\n"
+            writer.close()
+            for _ in range(100):
+                if server.connections == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.connections == 0
+
+    with caplog.at_level(logging.WARNING, logger="relaypolicy.serve"):
+        run(scenario)
+    assert any(
+        "connection closed in the middle of a request" in r.getMessage()
+        and "127.0.0.1:" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+class StalledTransport(asyncio.Transport):
+    """A peer that does not read: what is written stays buffered; closing waits for it."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.written = b""
+        self.reading = True
+        self.closing = False
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:  # the buffer never drains: connection_lost never comes
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+        asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+
+def stalled_connection(server: PolicyServer) -> StalledTransport:
+    protocol = server._protocol()
+    transport = StalledTransport(protocol)
+    protocol.connection_made(transport)
+    return transport
+
+
+def test_a_peer_that_does_not_read_is_not_read_and_not_timed_out() -> None:
+    """Back-pressure: over the high-water mark the server stops reading until its answers
+    are taken, and the idle clock does not run meanwhile (the stream version waited in
+    drain() the same way); once they are taken, the clock runs again."""
+
+    async def scenario() -> None:
+        server = PolicyServer(POLICY, ServerSettings(idle_timeout=0.1))
+        transport = stalled_connection(server)
+        (protocol,) = server._connections
+        protocol.data_received(request_bytes("u@local.test") * 3)
+        assert transport.written == b"action=OK\n\n" * 3
+        protocol.pause_writing()
+        assert not transport.reading
+        await asyncio.sleep(0.35)  # three idle timeouts
+        assert not transport.closing
+        protocol.resume_writing()
+        assert transport.reading
+        protocol.data_received(request_bytes("u@aho.jp"))
+        assert transport.written.endswith(b"action=554 5.7.1 Relay access denied\n\n")
+        await asyncio.sleep(0.35)
+        assert transport.closing and not transport.aborted  # idle: closed quietly
+        assert server.counters["protocol-errors"] == 0
+
+    run(scenario)
+
+
+def test_close_cuts_off_a_peer_that_never_reads() -> None:
+    async def scenario() -> None:
+        server = PolicyServer(POLICY)
+        transport = stalled_connection(server)
+        (protocol,) = server._connections
+        protocol.data_received(request_bytes("u@local.test"))
+        protocol.pause_writing()
+        started = asyncio.get_running_loop().time()
+        await server.close(grace=0.2)
+        assert 0.2 <= asyncio.get_running_loop().time() - started < 2
+        assert transport.aborted
+        assert server.connections == 0
+
+    run(scenario)

@@ -18,6 +18,16 @@ Bad input raises :class:`ProtocolError`; the connection is then unusable (``fail
 the server closes it without answering, as the protocol expects (Postfix logs the error
 and applies its ``default_action``). The limits below keep one hostile or broken peer from
 costing more than a bounded amount of memory.
+
+Two parsers, one grammar. A request that arrives whole (the common case: Postfix writes
+it in one piece, LF line ends) is parsed in one pass over the block up to its empty line:
+decode once, split into lines, split each at its first ``=``. Anything that pass is not
+sure about -- a partial request, CR, NUL, an over-long line, bytes that are not UTF-8, a
+line without ``=`` or a name, too many attributes, another request type -- goes to the
+line-at-a-time parser from the first line of that request. That parser is the reference:
+it names the first problem in the stream, and it checks every complete line as soon as it
+arrives, so a broken line is refused without waiting for the end of its request. The
+one-pass parser only accepts what the line parser accepts, with the same attributes.
 """
 
 from __future__ import annotations
@@ -87,23 +97,27 @@ class PolicyRequest:
         IP address, as Postfix sends for some local submissions (``unknown``); the server
         answers such requests with its configured action for unusable requests.
         """
-        attributes = self.attributes
-        fields: dict[str, str] = {}
-        for name in POSTFIX_ATTRIBUTES:
-            value = attributes.get(name)
-            if value is not None:
-                fields[name] = value
-        for name in ("client_port", "server_port"):
-            if fields.get(name) in _UNKNOWN:
-                fields.pop(name, None)
-        if fields.get("server_address") in _UNKNOWN:
-            fields.pop("server_address", None)
-        if fields.get("client_name") == "unknown":
-            fields["client_name"] = ""
+        get = self.attributes.get
+        client_port = get("client_port", "")
+        server_port = get("server_port", "")
+        server_address = get("server_address", "")
+        client_name = get("client_name", "")
         return Request(
-            client_address=fields.pop("client_address", ""),
-            recipient=fields.pop("recipient", ""),
-            **fields,
+            client_address=get("client_address", ""),
+            recipient=get("recipient", ""),
+            sender=get("sender", ""),
+            helo_name=get("helo_name", ""),
+            client_name="" if client_name == "unknown" else client_name,
+            client_port=0 if client_port in _UNKNOWN else client_port,
+            server_address="" if server_address in _UNKNOWN else server_address,
+            server_port=0 if server_port in _UNKNOWN else server_port,
+            sasl_method=get("sasl_method", ""),
+            sasl_username=get("sasl_username", ""),
+            encryption_protocol=get("encryption_protocol", ""),
+            encryption_cipher=get("encryption_cipher", ""),
+            ccert_subject=get("ccert_subject", ""),
+            ccert_fingerprint=get("ccert_fingerprint", ""),
+            ccert_pubkey_fingerprint=get("ccert_pubkey_fingerprint", ""),
         )
 
     def __repr__(self) -> str:
@@ -159,6 +173,12 @@ class PolicyConnection:
         completed: list[PolicyRequest] = []
         start = 0
         while True:
+            if not self._request_size:  # at the first line of a request
+                whole = self._whole_request(buffer, start)
+                if whole is not None:
+                    completed.append(whole[0])
+                    start = whole[1]
+                    continue
             end = buffer.find(b"\n", start)
             if end == -1:
                 break
@@ -173,6 +193,40 @@ class PolicyConnection:
         if self._request_size + len(buffer) > self.max_request:
             raise ProtocolError(f"request larger than {self.max_request} bytes")
         return completed
+
+    def _whole_request(self, buffer: bytearray, start: int) -> tuple[PolicyRequest, int] | None:
+        """The request starting at ``start`` and where the next begins, parsed in one pass.
+
+        ``None`` when the buffer does not hold a whole LF-only request there or when the
+        request has anything the line parser would refuse or read differently: the line
+        parser then takes it from its first line.
+        """
+        end = buffer.find(b"\n\n", start)
+        if end == -1 or end - start + 2 > self.max_request:
+            return None
+        block = bytes(buffer[start:end])  # the attribute lines, without the last LF
+        if b"\r" in block or b"\x00" in block:
+            return None
+        if len(block) > self.max_line and max(map(len, block.split(b"\n"))) > self.max_line:
+            return None
+        try:
+            lines = block.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            return None
+        attributes: dict[str, str] = {}
+        for line in lines:
+            name, equals, value = line.partition("=")
+            if not equals:
+                return None
+            attributes[name] = value
+        if (
+            "" in attributes
+            or len(attributes) > self.max_attributes
+            or attributes.get("request") != "smtpd_access_policy"
+            or not (block.isascii() or all(name.isascii() for name in attributes))
+        ):
+            return None
+        return PolicyRequest(attributes), end + 2
 
     def _line(self, raw: bytes) -> PolicyRequest | None:
         if len(raw) > self.max_line:
@@ -245,7 +299,8 @@ def decision_action(decision: Decision, *, accept_action: str = "OK", recipient:
         bracketed = recipient if recipient.startswith("<") else f"<{recipient}>"
         if text.startswith(bracketed + ": "):
             text = text[len(bracketed) + 2 :]
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
     return f"{decision.code} {decision.status} {text}"
 
 
