@@ -7,8 +7,12 @@ Each row is (recipient as the client gives it, expected verdict, expected reason
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relaypolicy import LocalDomainOnly, Request, Verdict, parse_address
+from relaypolicy import address as address_module
+from relaypolicy.address import _parse_slow
 
 LOCAL = ["local.test", "xn--r8jz45g.jp", "[192.0.2.1]", "[IPv6:2001:db8::1]"]
 RELAY = ["relay.test"]
@@ -247,3 +251,31 @@ def test_error_says_why() -> None:
     assert "control character" in (parse_address("a\x00@b.example").error or "")
     assert "longer than 64" in (parse_address("u" * 65 + "@b.example").error or "")
     assert "nothing after" in (parse_address("user@").error or "")
+
+
+# The fast path (one partition, a cached domain) must agree with the full scanner on
+# everything it accepts, and its domain cache must stay bounded.
+_LOCAL_ALPHABET = "abcXYZ019!#$&'*+/=?^_`{|}~%.-"
+_DOMAIN_ALPHABET = "abcXYZ09-.例え"
+
+
+@given(
+    local=st.text(_LOCAL_ALPHABET, min_size=1, max_size=70),
+    domain=st.text(_DOMAIN_ALPHABET, min_size=1, max_size=30),
+)
+@settings(max_examples=500)
+def test_fast_path_agrees_with_the_scanner(local: str, domain: str) -> None:
+    text = f"{local}@{domain}"
+    first = parse_address(text)
+    assert first == _parse_slow(text)
+    assert parse_address(text) == first  # the second time from the domain cache
+
+
+def test_domain_cache_is_bounded_and_never_holds_a_bad_domain() -> None:
+    for i in range(address_module._CANONICAL_MAX + 100):
+        assert parse_address(f"u@host{i}.example").domain == f"host{i}.example"
+        assert len(address_module._canonical) <= address_module._CANONICAL_MAX
+    assert parse_address("u@a..b").error is not None
+    assert "a..b" not in address_module._canonical
+    assert parse_address("u@Example.ORG.").domain == "example.org"
+    assert address_module._canonical["Example.ORG."] == "example.org"

@@ -248,3 +248,17 @@ def test_check_never_raises_on_decoded_bytes(recipient: bytes) -> None:
     assert decision.verdict in (Verdict.ACCEPT, Verdict.REJECT)
     if any(ord(c) < 0x20 for c in text):
         assert decision.reason == "syntax"
+
+
+def test_relay_domain_answers_are_remembered_boundedly() -> None:
+    from relaypolicy.policies import basic
+
+    policy = LocalDomainOnly(["local.test"], relay_domains=["relay.test"])
+    for _ in range(2):  # the second time from the memo
+        assert policy.check(req("a@mx.relay.test")).reason == "relay-domain"
+        assert policy.check(req("a@relay.test.evil.example")).reason == "not-local"
+        assert policy.check(req("a@notrelay.test")).reason == "not-local"
+    for i in range(basic._REMEMBERED_DOMAINS + 10):
+        assert policy.check(req(f"a@host{i}.foreign.example")).verdict is Verdict.REJECT
+        assert len(policy._relayed) <= basic._REMEMBERED_DOMAINS
+    assert policy.check(req("a@deep.mx.relay.test")).verdict is Verdict.ACCEPT

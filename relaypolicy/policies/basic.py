@@ -11,6 +11,8 @@ from relaypolicy.policies.base import bad_recipient_syntax, relay_access_denied
 
 __all__ = ["LocalDomainOnly", "OpenRelay", "TrustedNetworks"]
 
+_REMEMBERED_DOMAINS = 8192  # per LocalDomainOnly: relay-domain answers kept, then forgotten
+
 
 class OpenRelay:
     """ACCEPT every recipient from every client: an open relay.
@@ -49,6 +51,7 @@ class LocalDomainOnly:
         "_local_domains",
         "_relay",
         "_relay_domains",
+        "_relayed",
         "_syntax",
         "_to_local",
         "_to_relay",
@@ -67,6 +70,7 @@ class LocalDomainOnly:
         self._relay = DomainSet(relay_domains, subdomains=True)
         self._local_domains = self._local.domains
         self._relay_domains = self._relay.domains
+        self._relayed: dict[str, bool] = {}  # canonical domain -> in a relay domain
         self._to_local = accept(name, "local")
         self._to_relay = accept(name, "relay-domain")
         self._syntax = bad_recipient_syntax(name)
@@ -81,19 +85,31 @@ class LocalDomainOnly:
 
     def check(self, request: Request) -> Decision:
         address = request.recipient_address
-        if address.error is not None or address.is_null:
+        if address.error is not None:
             return self._syntax
         if address.routed:
             return relay_access_denied(request, self.name, "routing")
         domain = address.domain
-        if not domain:
-            if address.local_part.lower() == "postmaster":
-                return self._to_local
-            return relay_access_denied(request, self.name, "not-local")
         if domain in self._local_domains:
             return self._to_local
-        if self._relay_domains and self._relay.matches(domain):
-            return self._to_relay
+        if not domain:
+            local_part = address.local_part
+            if not local_part:  # the null address
+                return self._syntax
+            if local_part.lower() == "postmaster":
+                return self._to_local
+            return relay_access_denied(request, self.name, "not-local")
+        if self._relay_domains:
+            # Walking up the labels costs ten dict reads; the same few thousand foreign
+            # domains come again and again, so their answer is remembered (bounded).
+            relayed = self._relayed.get(domain)
+            if relayed is None:
+                relayed = self._relay.matches(domain)
+                if len(self._relayed) >= _REMEMBERED_DOMAINS:
+                    self._relayed.clear()
+                self._relayed[domain] = relayed
+            if relayed:
+                return self._to_relay
         return relay_access_denied(request, self.name, "not-local")
 
     def __repr__(self) -> str:
