@@ -212,12 +212,14 @@ _POLICY_ERROR = defer(451, "4.3.0", "Policy service error", _NAME, "policy-error
 class RelayPolicyHandler:
     """An aiosmtpd handler that enforces ``policy`` and delegates everything else to ``inner``.
 
-    - ``handle_RCPT``: the decision's reply is the answer. On ACCEPT the recipient is
-      appended to the envelope (by ``inner.handle_RCPT`` when ``inner`` has one, so it may
-      still refuse an unknown user); on REJECT or DEFER it is not. A NEXT (a chain whose
-      default passes) leaves the recipient to ``inner.handle_RCPT``, and without one it is
-      refused with ``554 5.7.1 Relay access denied``: no opinion must not make an open
-      relay. A policy that raises, or a client without an IP address, is deferred (4xx).
+    - ``handle_RCPT``: on REJECT or DEFER the decision's reply is the answer and the
+      recipient is not appended. On ACCEPT the recipient is handed to
+      ``inner.handle_RCPT`` when ``inner`` has one (it appends it, or still refuses an
+      unknown user, and its reply is the answer), else appended with the decision's
+      ``250``. A NEXT (a chain whose default passes) is refused with ``554 5.7.1 Relay
+      access denied`` whatever ``inner`` is: no opinion is not permission, and an inner
+      handler that takes every recipient must not turn it into an open relay. A policy
+      that raises, or a client without an IP address, is deferred (4xx).
     - ``handle_MAIL`` (``check_mail=True``): the policy is asked about the recipient
       ``postmaster``; if it refuses even that, the client or the sender is what it refuses
       (e.g. ``530 5.7.0 Authentication required`` on a submission port), and MAIL FROM is
@@ -309,7 +311,7 @@ class RelayPolicyHandler:
         rcpt_options: list[str],
     ) -> Any:
         request, decision = self.decide(server, session, envelope, address)
-        if decision.verdict is Verdict.NEXT and self._inner_hook("handle_RCPT") is None:
+        if decision.verdict is Verdict.NEXT:  # no opinion is not permission
             assert request is not None  # a missing request is a DEFER
             decision = relay_access_denied(request, _NAME, "no-opinion")
         self._log(request, decision)
