@@ -1,7 +1,9 @@
 """relaypolicy: pluggable SMTP relay policies.
 
 Build a :class:`Request` from what the MTA knows at ``RCPT TO``, ask a policy, send the
-decision's reply. Everything here is pure: no sockets, no files, no clock.
+decision's reply. The policies and the address analysis are pure: no sockets, no files,
+no clock. :class:`ExpiringIpTable` reads its clock (``time.monotonic`` unless given one),
+and its ``save``/``load`` write and read a file.
 """
 
 from relaypolicy.address import Address, parse_address

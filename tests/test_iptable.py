@@ -164,6 +164,44 @@ def test_remove(table: ExpiringIpTable, clock: FakeClock) -> None:
     assert table.lookup("203.0.113.7") == IpEntry("203.0.113.7", 1000.0 + 2 * TTL, None)
 
 
+def test_changes_counts_every_change_of_the_entries(clock: FakeClock) -> None:
+    """What exported maps rely on to notice changes made by others (ctl, sweeps)."""
+    table = ExpiringIpTable(TTL, clock=clock, max_entries=2)
+    seen = table.changes
+
+    def changed() -> bool:
+        nonlocal seen
+        before, seen = seen, table.changes
+        return seen != before
+
+    table.record("192.0.2.1")
+    assert changed()
+    table.record("192.0.2.1", ttl=10)  # shorter: nothing changes
+    assert not changed()
+    assert table.lookup("192.0.2.1") is not None and "192.0.2.1" in table
+    assert not changed()  # reading changes nothing
+    clock.advance(1)
+    table.record("192.0.2.1")  # extended
+    assert changed()
+    table.record("192.0.2.2")
+    assert changed()
+    table.record("192.0.2.3")  # evicts the one that expires soonest
+    assert changed() and table.evictions == 1
+    assert table.remove("192.0.2.3")
+    assert changed()
+    assert not table.remove("192.0.2.3")
+    assert not changed()
+    clock.advance(TTL)
+    assert table.expire() == 1
+    assert changed()
+    assert table.expire() == 0
+    assert not changed()
+    table.record("192.0.2.4")
+    assert changed()
+    table.clear()
+    assert changed()
+
+
 def test_clear(table: ExpiringIpTable) -> None:
     table.record("203.0.113.7", user="alice")
     table.clear()

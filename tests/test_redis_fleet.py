@@ -271,3 +271,28 @@ def test_sentinel_failover_the_replica_follows_the_new_primary(
             wait_until(holds(mx, "192.0.2.31"), "a login after the failover arrives", 30)
             assert "192.0.2.30" in mx
             assert mx.fleet_stats()["loads"] >= 2  # a new primary, a new run_id: reloaded
+
+
+def test_sentinel_url_logs_in_as_its_acl_user(replicas: Callable[..., ReplicaTable]) -> None:
+    """user:password@ in a redis+sentinel:// URL reaches the primary as that ACL user."""
+    acl = "user relaypolicy on >s3cret ~{relaypolicy:pop}:* +@all\n"
+    with running_redis(acl) as primary:
+        monitor = (
+            f"sentinel monitor fleet 127.0.0.1 {primary.port} 1\n"
+            "sentinel down-after-milliseconds fleet 5000\n"
+        )
+        with running_redis(monitor, sentinel=True) as sentinel:
+            base = f"127.0.0.1:{sentinel.port}/fleet/0"
+            table = replicas(f"redis+sentinel://relaypolicy:s3cret@{base}")
+            table.record("192.0.2.40", user="acl")
+            client = primary.client()
+            wait_until(
+                lambda: client.zscore("{relaypolicy:pop}:expiry", "192.0.2.40") is not None,
+                "the login written as the ACL user",
+            )
+            users = {c["user"] for c in client.client_list() if c["id"] != str(client.client_id())}
+            assert "relaypolicy" in users
+            wrong = replicas(f"redis+sentinel://relaypolicy:wrong@{base}", start=False)
+            wrong.start()
+            assert not wrong.wait_synced(timeout=1.5)
+            assert "192.0.2.40" not in wrong  # it never reached the primary

@@ -36,6 +36,22 @@ def test_sentinel_url() -> None:
     assert (state.service, state.db, state.password) == ("mail", 1, "pw")
     assert "pw" not in state.redacted
     assert parse_state_url("redis+sentinel://s1/mail").sentinels == (("s1", 26379),)
+    assert (state.username, parse_state_url("redis+sentinel://s1/mail").password) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("credentials", "username", "password"),
+    [
+        ("relaypolicy:s%40cret@", "relaypolicy", "s@cret"),  # an ACL user
+        (":pw@", None, "pw"),
+        ("pw@", None, "pw"),
+        ("relaypolicy:@", "relaypolicy", ""),
+    ],
+)
+def test_sentinel_url_credentials(credentials: str, username: str | None, password: str) -> None:
+    state = parse_state_url(f"redis+sentinel://{credentials}s1:26379/mail")
+    assert (state.username, state.password) == (username, password)
+    assert state.redacted == "redis+sentinel://***@s1:26379/mail"
 
 
 @pytest.mark.parametrize(

@@ -217,6 +217,48 @@ def test_serve_runs_the_watcher_on_its_own_table(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_the_map_follows_changes_the_watcher_did_not_make(tmp_path: Path) -> None:
+    """`ctl add`, `ctl remove` and expiry reach the exported map, not only new logins."""
+    from relaypolicy.control import table_command
+
+    log = tmp_path / "dovecot.log"
+    log.write_text("")
+    exported = tmp_path / "pop-before-smtp"
+    config = tmp_path / "relaypolicy.toml"
+    config.write_text(
+        POLICY + f'\n[serve]\nlisten = ["127.0.0.1:{free_port()}"]\n\n'
+        f'[watch]\nlog = "{log}"\nformat = "dovecot"\ninterval = 0.05\n'
+        f'[[watch.export]]\npath = "{exported}"\nformat = "postfix"\ninterval = 0\n'
+    )
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    def listed() -> set[str]:
+        text = exported.read_text() if exported.exists() else ""
+        return {line.split()[0] for line in text.splitlines() if line.endswith(" OK")}
+
+    async def scenario() -> None:
+        service = Service(config)
+        await service.start()
+        try:
+            append(log, LOGIN, "127.0.0.11")
+            await until(lambda: listed() == {"127.0.0.11"}, "the login in the map")
+            reply = table_command(service.table, "add", {"address": "127.0.0.14", "ttl": 0.5})
+            assert reply["ok"], reply
+            await until(lambda: listed() == {"127.0.0.11", "127.0.0.14"}, "ctl add in the map")
+            await until(lambda: listed() == {"127.0.0.11"}, "the expired entry out of the map")
+            assert table_command(service.table, "remove", {"address": "127.0.0.11"})["removed"]
+            await until(lambda: listed() == set(), "ctl remove in the map")
+        finally:
+            await service.close()
+
+    asyncio.run(scenario())
+
+
 def test_reload_with_another_log_restarts_the_watcher(tmp_path: Path) -> None:
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     first.write_text("")

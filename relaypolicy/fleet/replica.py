@@ -367,6 +367,7 @@ class ReplicaTable(ExpiringIpTable):
             self._times = fresh._times
             self._keys = fresh._keys
             self._heap = fresh._heap
+            self._changes += 1
         self._run_id = info.get("run_id", "")
         self._last_id = parse_stream_id(last[0][0]) if last else _START
         self._last_seq = int(seq or 0)
@@ -425,6 +426,7 @@ class ReplicaTable(ExpiringIpTable):
         with self._lock:
             if op == "remove":
                 if self._expiry.pop(key, None) is not None:
+                    self._changes += 1
                     self._compact()
                 self._users.pop(key, None)
                 return

@@ -44,6 +44,7 @@ class StateUrl:
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = ""
     db: int = 0
+    username: str | None = None  # an ACL user (Redis 6+); None: the default user
     password: str | None = None
 
     @property
@@ -71,7 +72,11 @@ def parse_state_url(text: str) -> StateUrl:
         )
     parts = urlsplit(text)
     credentials, at, hosts = parts.netloc.rpartition("@")
-    password = unquote(credentials.partition(":")[2] or credentials) if at else None
+    # user:password@, :password@ or password@ (a lone word is a password, as in Redis's
+    # own "requirepass" setups); only the Sentinel form needs them parsed here.
+    user, colon, secret = credentials.partition(":")
+    username = unquote(user) if at and colon and user else None
+    password = unquote(secret if colon else credentials) if at else None
     redacted = text.replace(parts.netloc, f"***@{hosts}") if at else text
     if scheme == "redis+unix":
         if hosts or not parts.path.startswith("/") or parts.path == "/":
@@ -106,6 +111,7 @@ def parse_state_url(text: str) -> StateUrl:
         sentinels=tuple(sentinels),
         service=pieces[0],
         db=db,
+        username=username,
         password=password,
     )
 
@@ -144,6 +150,7 @@ def connect(state: StateUrl, *, timeout: float) -> redis.Redis:
             sentinel.master_for(
                 state.service,
                 db=state.db,
+                username=state.username,
                 password=state.password,
                 **options,
             ),

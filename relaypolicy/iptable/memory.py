@@ -132,6 +132,7 @@ class ExpiringIpTable:
     """
 
     __slots__ = (
+        "_changes",
         "_clock",
         "_evictions",
         "_expiry",
@@ -178,6 +179,7 @@ class ExpiringIpTable:
         self._heap: list[tuple[float, int]] = []
         self._lock = threading.Lock()
         self._evictions = 0
+        self._changes = 0
 
     # --- configuration ----------------------------------------------------------------
 
@@ -202,6 +204,13 @@ class ExpiringIpTable:
     def evictions(self) -> int:
         """How many live entries were evicted because the table was full."""
         return self._evictions
+
+    @property
+    def changes(self) -> int:
+        """A count that grows whenever an entry is added, extended or removed (by
+        :meth:`remove`, expiry, eviction or :meth:`clear`). Compare two readings to know
+        whether the entries may differ: exported maps are rewritten only then."""
+        return self._changes
 
     # --- keys -------------------------------------------------------------------------
 
@@ -341,6 +350,7 @@ class ExpiringIpTable:
         elif old >= expires:
             return  # live, and it lasts at least as long already
         expiry[key] = expires
+        self._changes += 1
         times = self._times
         keys = self._keys
         heap = self._heap
@@ -397,6 +407,7 @@ class ExpiringIpTable:
                     users.pop(key, None)
                 removed += 1
             budget -= 1
+        self._changes += removed
         return removed
 
     def _make_room(self, now: float) -> None:
@@ -421,6 +432,7 @@ class ExpiringIpTable:
             self._users.pop(key, None)
             if expires is None:
                 return False
+            self._changes += 1
             self._compact()
             return expires > self._clock()
 
@@ -432,6 +444,7 @@ class ExpiringIpTable:
     def clear(self) -> None:
         """Forget every entry."""
         with self._lock:
+            self._changes += 1
             self._expiry = {}
             self._users = {}
             self._times = deque()

@@ -5,7 +5,8 @@ Theory of operation
 An MTA that cannot ask a policy service reads a file instead. :func:`render` turns the live
 entries into the text of one of these maps (sans-I/O); an :class:`Exporter` keeps the file
 on disk in step with the table. The watcher calls :meth:`Exporter.update` with the table's
-live entries whenever they may have changed (a login, an expiry sweep) and
+live entries whenever they may have changed (the table's ``changes`` count moved: a
+login, an expiry sweep, a ``ctl add``/``remove``, a fleet's change) and
 :meth:`Exporter.maybe_write` on every tick; the file is rewritten only when its content
 changes, and at most once per ``interval`` (one second by default), so a burst of logins
 costs one write. A change held back by the rate limit is written on a later tick: entries

@@ -353,6 +353,11 @@ class LoopTable:
     def expire(self) -> int:
         return int(self._on_loop(self.table.expire))
 
+    @property
+    def changes(self) -> int | None:
+        """The table's change count (an int read: safe from any thread)."""
+        return getattr(self.table, "changes", None)
+
     def entries(self) -> list[IpEntry]:
         return list(self._on_loop(self.table.entries))
 

@@ -90,6 +90,10 @@ class LoginTable(Protocol):
     def expire(self) -> int: ...
     def entries(self) -> list[IpEntry]: ...
 
+    # Optional: ``changes``, a count that grows whenever an entry changes
+    # (:attr:`ExpiringIpTable.changes`); without it exported maps are refreshed after
+    # every sweep.
+
 
 class Watcher:
     """Records the logins of log lines in a table, each for what remains of its time.
@@ -336,23 +340,30 @@ class Watcher:
     ) -> None:
         """Follow the log until ``stop`` is set: lines are recorded within ``interval``
         of being written, the table is swept every ``sweep_interval`` (on ``clock``)
-        even when no line arrives, and ``exporters`` are updated after every change and
+        even when no line arrives, and ``exporters`` are updated after every change of the
+        table (its ``changes`` count, so also changes made by others) and
         cleared when the watcher stops (see :meth:`Exporter.close`)."""
         self.follower = follower
         next_sweep = -math.inf
-        seen_logins = -1  # forces a first export
+        seen: object = object()  # forces a first export
 
         def on_tick() -> None:
-            nonlocal next_sweep, seen_logins
+            nonlocal next_sweep, seen
             now = clock()
-            removed = 0
+            swept = False
             if now >= next_sweep:
-                removed = self.sweep()
+                self.sweep()
+                swept = True
                 next_sweep = now + sweep_interval
             if not exporters:
                 return
-            if removed or self.logins != seen_logins:
-                seen_logins = self.logins
+            # The table's change count catches what happens outside this watcher too:
+            # the service's own expiry sweep, `ctl add/remove`, a fleet's changes. A table
+            # without one is listed again after every sweep.
+            changes = getattr(self.table, "changes", None)
+            state = (self.logins, changes)
+            if state != seen or (changes is None and swept):
+                seen = state
                 entries = self.table.entries()
                 for exporter in exporters:
                     exporter.update(entries)
