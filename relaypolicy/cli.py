@@ -48,7 +48,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="decide one recipient with TrustedNetworks -> LocalDomainOnly",
         description="Decide one recipient the way `FirstMatch(TrustedNetworks(...), "
         "LocalDomainOnly(...))` does and print the SMTP reply, the deciding policy and "
-        "the reason. Exit status: 0 accept, 1 reject, 2 defer, 64 usage error.",
+        "the reason. With --config FILE the chain of that configuration decides instead. Exit "
+        "status: 0 accept, 1 reject, 2 defer, 3 no decision (a chain whose otherwise is "
+        "'next'), 64 usage error.",
         epilog="example: relaypolicy check --local-domain example.org "
         "--trusted-network 192.0.2.0/24 --client-address 203.0.113.7 "
         "--recipient 'user%%other.example@example.org'",
@@ -244,6 +246,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         except (ConfigError, OSError, ValueError) as exc:  # TableFileError is a ValueError
             raise UsageError(str(exc)) from None
         configure_logging(service.config.log.level, service.config.log.format)
+        service.manages_logging = True  # a reload applies [log] changes
         try:
             return await service.run()
         except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,88 @@ def test_installed_console_script() -> None:
     )
     assert helped.returncode == 0
     assert "Exit status" in helped.stdout
+
+
+CHAIN_ONLY_TRUSTED = """
+[domains]
+local = ["local.test"]
+
+[networks]
+trusted = ["192.0.2.0/24"]
+
+[chain]
+steps = ["trusted_networks"]
+otherwise = "{otherwise}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("otherwise", "status", "first_line"),
+    [
+        ("reject", 1, "554 5.7.1 <u@aho.jp>: Relay access denied"),
+        ("defer", 2, "451 4.7.1 Try again later"),
+        ("next", 3, "(no reply: no policy had an opinion)"),
+    ],
+)
+def test_check_with_config_exits_by_verdict(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    otherwise: str,
+    status: int,
+    first_line: str,
+) -> None:
+    config = tmp_path / "chain.toml"
+    config.write_text(CHAIN_ONLY_TRUSTED.format(otherwise=otherwise))
+    args = ["check", "--config", str(config), "--client-address", "203.0.113.7"]
+    assert main([*args, "--recipient", "u@aho.jp"]) == status
+    assert capsys.readouterr().out.splitlines()[0] == first_line
+    assert main(["check", "--config", str(config), "--client-address", "192.0.2.1",
+                 "--recipient", "u@aho.jp"]) == 0  # fmt: skip
+    capsys.readouterr()
+
+
+def test_check_config_and_domain_options_are_exclusive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "chain.toml"
+    config.write_text(CHAIN_ONLY_TRUSTED.format(otherwise="reject"))
+    argv = [*BASE, "--config", str(config), "--client-address", "10.0.0.1", "--recipient", "u"]
+    assert status_of(argv) == 64
+    assert "either --config or" in capsys.readouterr().err
+    missing = ["check", "--config", str(tmp_path / "none.toml"), "--client-address", "10.0.0.1"]
+    assert status_of([*missing, "--recipient", "u@x.test"]) == 64
+    assert "none.toml" in capsys.readouterr().err
+
+
+def test_config_check_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "chain.toml"
+    config.write_text(CHAIN_ONLY_TRUSTED.format(otherwise="defer"))
+    assert main(["config", "check", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "1. accept clients in the trusted networks" in out
+    assert "otherwise: defer (451 4.7.1)" in out
+    config.write_text(CHAIN_ONLY_TRUSTED.format(otherwise="maybe"))
+    assert main(["config", "check", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("invalid: ") and "chain.otherwise" in err
+
+
+def test_the_installed_relaypolicy_script_runs() -> None:
+    """The console script pip installs beside the interpreter (not `python -m`)."""
+    import os
+    import shutil
+
+    script = shutil.which("relaypolicy", path=str(Path(sys.executable).parent)) or shutil.which(
+        "relaypolicy"
+    )
+    if script is None:
+        if os.environ.get("RELAYPOLICY_REQUIRE_REAL") == "1":
+            pytest.fail("the relaypolicy console script is not installed")
+        pytest.skip("the relaypolicy console script is not installed (pip install .)")
+    done = subprocess.run(
+        [script, *BASE, "--client-address", "203.0.113.7", "--recipient", "u@local.test"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.splitlines()[0]) == (0, "250 2.1.5 Ok"), done.stderr

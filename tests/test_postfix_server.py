@@ -87,6 +87,27 @@ def test_answers_many_requests_on_one_connection() -> None:
         b"request=smtpd_access_policy\nrecipient=" + b"x" * 10000 + b"\n",
         b"request=smtpd_access_policy\nrecipient=\xc3\x28@b\n\n",
         b"request=something_else\nrecipient=a@b\n\n",
+        # Over MAX_REQUEST (64 KiB) in lines that are each short enough.
+        b"request=smtpd_access_policy\n"
+        + b"x_attribute="
+        + b"y" * 4000
+        + b"\n"
+        + (b"x_attribute=" + b"y" * 4000 + b"\n") * 17
+        + b"recipient=a@b\n\n",
+        # More than MAX_ATTRIBUTES (1,000) distinct attributes, each tiny (a repeated
+        # name is one attribute, its last value winning, as in Postfix).
+        b"request=smtpd_access_policy\n"
+        + b"".join(b"a%d=b\n" % n for n in range(1000))
+        + b"recipient=a@b\n\n",
+    ],
+    ids=[
+        "no-equals",
+        "nul",
+        "overlong-line",
+        "bad-utf8",
+        "not-a-policy-request",
+        "over-64k",
+        "over-1000-attributes",
     ],
 )
 def test_bad_input_closes_only_that_connection(
@@ -156,6 +177,50 @@ def test_unix_socket_with_mode(tmp_path: Path) -> None:
                 b"action=554 5.7.1 Relay access denied\n\n"
             )
             writer.close()
+        assert not path.exists()
+
+    run(scenario)
+
+
+def test_ipv4_ipv6_and_unix_listeners_at_once(tmp_path: Path) -> None:
+    """One server on 127.0.0.1, ::1 and a unix socket: each answers, each with its peer."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        if os.environ.get("RELAYPOLICY_REQUIRE_REAL") == "1":
+            raise
+        pytest.skip("no IPv6 loopback here")
+    path = tmp_path / "policy.sock"
+
+    async def scenario() -> None:
+        listeners = [
+            Listener(host="127.0.0.1", port=0),
+            Listener(host="::1", port=0),
+            Listener(path=str(path), mode=0o600),
+        ]
+        server = PolicyServer(POLICY)
+        bound = await server.start(listeners)
+        try:
+            assert bound[0].startswith("inet:127.0.0.1:")
+            assert bound[1].startswith("inet:[::1]:"), bound
+            assert bound[2] == f"unix:{path}"
+            v4 = await asyncio.open_connection("127.0.0.1", int(bound[0].rsplit(":", 1)[1]))
+            v6 = await asyncio.open_connection("::1", int(bound[1].rsplit(":", 1)[1]))
+            unix = await asyncio.open_unix_connection(str(path))
+            for reader, writer in (v4, v6, unix):
+                assert await ask(reader, writer, request_bytes("u@local.test")) == (
+                    b"action=OK\n\n"
+                )
+                assert await ask(reader, writer, request_bytes("u@aho.jp", "2001:db8::1")) == (
+                    b"action=554 5.7.1 Relay access denied\n\n"
+                )
+                writer.close()
+            assert server.counters["requests"] == 6
+        finally:
+            await server.close(grace=2)
         assert not path.exists()
 
     run(scenario)

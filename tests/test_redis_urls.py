@@ -113,3 +113,30 @@ def test_config_redis_state_makes_an_unstarted_replica() -> None:
 def test_config_errors_name_the_key(pop: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("{", r"\{")):
         parse_config(_config(**pop))
+
+
+def test_a_memory_table_never_imports_redis(tmp_path: Any) -> None:
+    """redis-py is an extra: a service without a Redis state must run without it."""
+    import subprocess
+    import sys
+
+    from realservers import free_port
+
+    config = tmp_path / "relaypolicy.toml"
+    config.write_text(
+        '[domains]\nlocal = ["example.org"]\n[pop_before_smtp]\nttl = 60\n'
+        f'[serve]\nlisten = ["127.0.0.1:{free_port()}"]\n'
+    )
+    code = (
+        "import asyncio, sys\n"
+        "from relaypolicy.postfix.service import Service\n"
+        f"service = Service({str(config)!r})\n"
+        "async def main():\n"
+        "    await service.start()\n"
+        "    await service.close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -261,3 +261,36 @@ def test_several_files(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "examples/submission.scenarios.toml against " in out
     assert out.splitlines()[-1] == "all files: 21 cases, 0 failed"
+
+
+def test_defer_and_next_expectations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A chain whose otherwise is "defer" answers 451: `expect = "defer"` (and "451")
+    match it, and "next" or "reject" do not."""
+    chain = '\n[chain]\nsteps = ["trusted_networks"]\notherwise = "defer"\n'
+    config = write(tmp_path, "defer.toml", MX_CONFIG.replace("[pop_before_smtp]\nttl = 600", chain))
+    cases = """
+[[case]]
+name = "deferred"
+recipient = "friend@aho.jp"
+expect = "defer"
+
+[[case]]
+name = "deferred by code"
+recipient = "friend@aho.jp"
+expect = "451 4.7.1"
+
+[[case]]
+name = "not next"
+recipient = "friend@aho.jp"
+expect = "next"
+
+[[case]]
+name = "not reject"
+recipient = "friend@aho.jp"
+expect = "reject"
+"""
+    scenarios = write(tmp_path, "cases.toml", cases)
+    results = run_scenarios(load_scenarios(scenarios).cases, load_config(config))
+    assert [r.passed for r in results] == [True, True, False, False]
+    assert main(["test", str(scenarios), "--config", str(config)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == "4 cases: 2 passed, 2 FAILED"

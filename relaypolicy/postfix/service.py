@@ -71,8 +71,44 @@ def _server_settings(config: Config) -> ServerSettings:
     )
 
 
+# Settings a reload cannot apply: the sockets are bound and the table is built once.
+_RESTART_ONLY_SERVE = ("listen", "socket_mode", "control_socket")
+_RESTART_ONLY_POP = (
+    "ttl",
+    "max_entries",
+    "ipv6_prefix",
+    "persist",
+    "state",
+    "max_staleness",
+    "key_prefix",
+)
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The keys that differ between ``old`` and ``new`` and take effect only on restart."""
+    changed = [
+        f"serve.{key}"
+        for key in _RESTART_ONLY_SERVE
+        if getattr(old.serve, key) != getattr(new.serve, key)
+    ]
+    if old.pop is not None and new.pop is not None:
+        changed += [
+            f"pop_before_smtp.{key}"
+            for key in _RESTART_ONLY_POP
+            if getattr(old.pop, key) != getattr(new.pop, key)
+        ]
+    return changed
+
+
 class Service:
-    """A running policy service built from a configuration file."""
+    """A running policy service built from a configuration file.
+
+    :meth:`reload` applies the policy (domains, networks, chain, ``bind_sender``…), the
+    ``[serve]`` limits and actions, ``[watch]`` and, when :attr:`manages_logging` is set
+    (``relaypolicy serve`` sets it), ``[log]``. The listening sockets, the control socket
+    and the POP-before-SMTP table's own settings (``ttl``, ``state``, ``persist``…) are
+    fixed at start: a reload that changes them logs which ones wait for a restart.
+    """
 
     def __init__(self, config_path: str | Path, *, listen: list[str] | None = None) -> None:
         self.config_path = str(config_path)
@@ -83,6 +119,7 @@ class Service:
             self.config.build_policy(self.table), _server_settings(self.config)
         )
         self.server.counters["reloads"] = 0
+        self.manages_logging = False
         self.started = time.time()
         self.bound: list[str] = []
         self._control: asyncio.Server | None = None
@@ -106,18 +143,33 @@ class Service:
         """Swap in the policy of the file as it is now; on any error keep the old one."""
         try:
             config = load_config(self.config_path)
+            if config.pop is not None and self.table is None:
+                raise ConfigError(
+                    f"{self.config_path}: [pop_before_smtp] was added; its table is made at "
+                    "start: restart relaypolicy"
+                )
             policy = config.build_policy(self.table)
         except (ConfigError, OSError, ValueError, TypeError) as exc:
             self.server.counters["reload-failures"] += 1
             log.error("reload failed, keeping the running configuration: %s", exc)
             return f"reload failed, keeping the running configuration: {exc}"
         restart_watch = config.watch != self.config.watch
+        waiting = restart_only_changes(self.config, config)
+        if self.manages_logging and config.log != self.config.log:
+            configure_logging(config.log.level, config.log.format)
         self.config = config
         self.server.policy = policy
         if restart_watch:
             asyncio.get_running_loop().create_task(self.watch.restart(config.watch, self.table))
         self.server.settings = _server_settings(config)
         self.server.counters["reloads"] += 1
+        if waiting:
+            log.warning(
+                "reloaded %s; changed settings that take effect only after a restart: %s",
+                self.config_path,
+                ", ".join(waiting),
+            )
+            return f"reloaded; restart to apply: {', '.join(waiting)}"
         log.info("reloaded %s", self.config_path)
         return "reloaded"
 
@@ -158,7 +210,7 @@ class Service:
                 return {"ok": True, "stats": self.stats()}
             if command == "reload":
                 result = self.reload()
-                return {"ok": result == "reloaded", "result": result}
+                return {"ok": result.startswith("reloaded"), "result": result}
             if command in TABLE_COMMANDS:
                 return table_command(self.table, command, message)
         except (ValueError, TypeError) as exc:
