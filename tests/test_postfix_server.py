@@ -226,6 +226,25 @@ def test_ipv4_ipv6_and_unix_listeners_at_once(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_accept_and_other_states_actions_are_configurable() -> None:
+    settings = ServerSettings(accept_action="DUNNO", other_states_action="WARN not at RCPT")
+
+    async def scenario() -> None:
+        async with running(settings) as (_, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await ask(reader, writer, request_bytes("u@local.test")) == b"action=DUNNO\n\n"
+            assert await ask(reader, writer, request_bytes("u@aho.jp", state="DATA")) == (
+                b"action=WARN not at RCPT\n\n"
+            )
+            # A refusal is never softened by either setting.
+            assert await ask(reader, writer, request_bytes("u@aho.jp")) == (
+                b"action=554 5.7.1 Relay access denied\n\n"
+            )
+            writer.close()
+
+    run(scenario)
+
+
 def test_unusable_request_and_raising_policy_fail_closed() -> None:
     class Broken:
         name = "broken"

@@ -264,10 +264,11 @@ def test_reload_with_another_log_restarts_the_watcher(tmp_path: Path) -> None:
     first.write_text("")
     second.write_text("")
     config = tmp_path / "relaypolicy.toml"
+    port = free_port()
 
     def write(log: Path) -> None:
         config.write_text(
-            POLICY + f'\n[serve]\nlisten = ["127.0.0.1:{free_port()}"]\n\n[watch]\nlog = "{log}"\n'
+            POLICY + f'\n[serve]\nlisten = ["127.0.0.1:{port}"]\n\n[watch]\nlog = "{log}"\n'
             'format = "dovecot"\ninterval = 0.05\n'
         )
 
