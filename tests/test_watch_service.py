@@ -171,7 +171,9 @@ def relay_request(ip: str) -> Request:
     return Request(client_address=ip, recipient="friend@elsewhere.example")
 
 
-def test_serve_runs_the_watcher_on_its_own_table(tmp_path: Path) -> None:
+def exporting_service(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A serve configuration whose [watch] follows an empty Dovecot log and exports a
+    Postfix map: (log, map, configuration file)."""
     log = tmp_path / "dovecot.log"
     log.write_text("")
     exported = tmp_path / "pop-before-smtp"
@@ -182,6 +184,11 @@ def test_serve_runs_the_watcher_on_its_own_table(tmp_path: Path) -> None:
         f'position = "{tmp_path / "pos.json"}"\ninterval = 0.05\n'
         f'[[watch.export]]\npath = "{exported}"\nformat = "postfix"\ninterval = 0\n'
     )
+    return log, exported, config
+
+
+def test_serve_runs_the_watcher_on_its_own_table(tmp_path: Path) -> None:
+    log, exported, config = exporting_service(tmp_path)
 
     async def scenario() -> None:
         service = Service(config)
@@ -221,15 +228,7 @@ def test_the_map_follows_changes_the_watcher_did_not_make(tmp_path: Path) -> Non
     """`ctl add`, `ctl remove` and expiry reach the exported map, not only new logins."""
     from relaypolicy.control import table_command
 
-    log = tmp_path / "dovecot.log"
-    log.write_text("")
-    exported = tmp_path / "pop-before-smtp"
-    config = tmp_path / "relaypolicy.toml"
-    config.write_text(
-        POLICY + f'\n[serve]\nlisten = ["127.0.0.1:{free_port()}"]\n\n'
-        f'[watch]\nlog = "{log}"\nformat = "dovecot"\ninterval = 0.05\n'
-        f'[[watch.export]]\npath = "{exported}"\nformat = "postfix"\ninterval = 0\n'
-    )
+    log, exported, config = exporting_service(tmp_path)
 
     async def until(condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + 10
