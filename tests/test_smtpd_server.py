@@ -514,6 +514,7 @@ def test_default_mode_end_to_end(tmp_path: Path) -> None:
                 b"5.7.1 <victim@aho.jp>: Relay access denied",
             )
             assert smtp.data(MESSAGE)[0] == 250
+        process.send_signal(signal.SIGHUP)  # no reload here: logged, and it keeps serving
         with connect(port, "127.0.0.1") as smtp:  # the trusted network
             smtp.ehlo("localhost")
             smtp.mail("me@localhost")
@@ -529,6 +530,7 @@ def test_default_mode_end_to_end(tmp_path: Path) -> None:
     decisions = [line for line in output.splitlines() if "relaypolicy.decisions" in line]
     assert len(decisions) == 3, output
     assert "client=127.0.0.10" in decisions[1] and "verdict=REJECT" in decisions[1]
+    assert "SIGHUP: relaypolicy smtpd does not reload" in output
 
 
 def test_command_line_errors(tmp_path: Path) -> None:

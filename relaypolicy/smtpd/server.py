@@ -166,11 +166,17 @@ class SmtpdServer:
     def stop(self) -> None:
         self._stop.set()
 
+    def hangup(self) -> None:
+        """SIGHUP: there is no reload here (a restart applies a changed file). Without
+        this handler SIGHUP would end the process without saving the table."""
+        log.warning("SIGHUP: relaypolicy smtpd does not reload; restart it to apply changes")
+
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; 0."""
+        """Serve until SIGTERM or SIGINT; 0. SIGHUP is logged and otherwise ignored."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
         logging.getLogger("mail.log").addFilter(_QuietLoginData())
         bound = await self.start()
         log.info("relaypolicy smtpd listening on %s", ", ".join(bound))
