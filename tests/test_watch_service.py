@@ -371,10 +371,14 @@ def test_watch_alone_exports_a_map_and_empties_it_on_stop(tmp_path: Path) -> Non
             "the exported map",
         )
         assert "127.0.0.99" not in exported.read_text()
+        watcher.send_signal(signal.SIGHUP)  # ignored: dying here would leave the map full
+        append(log, LOGIN, "127.0.0.16")
+        wait_until(lambda: "Connect:127.0.0.16 RELAY" in exported.read_text(), "a later login")
     finally:
         assert stop(watcher) == 0
     assert "127.0.0.15" not in exported.read_text()
-    assert "watch: stopped (lines 2, logins 1" in (tmp_path / "watch.out").read_text()
+    assert "SIGHUP ignored" in (tmp_path / "watch.out").read_text()
+    assert "watch: stopped (lines 3, logins 2" in (tmp_path / "watch.out").read_text()
 
 
 def test_scan_prints_the_logins_and_records_nothing(tmp_path: Path) -> None:

@@ -180,6 +180,12 @@ async def _follow(watch: LoginWatch) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    # SIGHUP's default would end the process without emptying the exported maps, whose
+    # entries then never expire: an open relay for whoever gets those addresses next.
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: log.warning("watch: SIGHUP ignored (no reload; restart to apply changes)"),
+    )
     await watch.run(stop)
 
 
