@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from realservers import free_port
@@ -296,3 +297,41 @@ def test_sentinel_url_logs_in_as_its_acl_user(replicas: Callable[..., ReplicaTab
             wrong.start()
             assert not wrong.wait_synced(timeout=1.5)
             assert "192.0.2.40" not in wrong  # it never reached the primary
+
+
+def test_rediss_url_reaches_redis_over_tls(
+    tmp_path: Path, replicas: Callable[..., ReplicaTable]
+) -> None:
+    """rediss:// with a private CA (redis-py's ssl_ca_certs query option); a replica
+    that does not trust the certificate never syncs (nothing is accepted in the clear)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, chain_file, key_file = (
+        tmp_path / "ca.pem",
+        tmp_path / "chain.pem",
+        tmp_path / "key.pem",
+    )
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    for blob in cert.cert_chain_pems:
+        blob.write_to_path(str(chain_file), append=True)
+    tls_port = free_port()
+    tls = (
+        f"tls-port {tls_port}\ntls-cert-file {chain_file}\ntls-key-file {key_file}\n"
+        f"tls-ca-cert-file {ca_file}\ntls-auth-clients no\n"
+    )
+    with running_redis(tls) as server:
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        writer = replicas(f"{url}?ssl_ca_certs={ca_file}")
+        writer.record("192.0.2.50", user="tls")
+        client = server.client()  # the plain port, to look
+        wait_until(
+            lambda: client.zscore("{relaypolicy:pop}:expiry", "192.0.2.50") is not None,
+            "the login written over TLS",
+        )
+        untrusting = replicas(url, start=False)  # the system CAs do not know ours
+        untrusting.start()
+        assert not untrusting.wait_synced(timeout=1.5)
+        assert untrusting.fleet_stats()["stale"] is True
