@@ -295,6 +295,7 @@ def test_sentinel_url_logs_in_as_its_acl_user(replicas: Callable[..., ReplicaTab
             assert "relaypolicy" in users
             wrong = replicas(f"redis+sentinel://relaypolicy:wrong@{base}", start=False)
             wrong.start()
+            # real-time: a bounded wait for a sync that must not happen (bad password).
             assert not wrong.wait_synced(timeout=1.5)
             assert "192.0.2.40" not in wrong  # it never reached the primary
 
@@ -333,5 +334,6 @@ def test_rediss_url_reaches_redis_over_tls(
         )
         untrusting = replicas(url, start=False)  # the system CAs do not know ours
         untrusting.start()
+        # real-time: a bounded wait for a sync that must not happen (untrusted cert).
         assert not untrusting.wait_synced(timeout=1.5)
         assert untrusting.fleet_stats()["stale"] is True

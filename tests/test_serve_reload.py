@@ -4,7 +4,9 @@ POP-before-SMTP table survives both (in-process; the SIGHUP path is in test_serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from realservers import free_port
@@ -51,6 +53,18 @@ def write(
     )
 
 
+@contextlib.asynccontextmanager
+async def running(config: Path, *, manages_logging: bool = False) -> AsyncIterator[Service]:
+    """A started in-process service, closed (table saved) on the way out."""
+    service = Service(config)
+    service.manages_logging = manages_logging
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
 def verdict(service: Service, client: str, recipient: str) -> Verdict:
     request = Request(client_address=client, recipient=recipient)
     return service.server.policy.check(request).verdict
@@ -62,9 +76,7 @@ def test_reload_applies_the_policy_keeps_the_table_and_names_what_waits(tmp_path
     write(config, port=port)
 
     async def scenario() -> None:
-        service = Service(config)
-        await service.start()
-        try:
+        async with running(config) as service:
             service.table.record("127.0.0.21", user="taro")
             assert verdict(service, "127.0.0.30", "u@example.net") is Verdict.REJECT
             write(config, local="example.net", port=port)
@@ -80,8 +92,6 @@ def test_reload_applies_the_policy_keeps_the_table_and_names_what_waits(tmp_path
             assert service.bound == [f"inet:127.0.0.1:{port}"]
             assert service.stats()["reloads"] == 2
             assert "127.0.0.21" in service.table
-        finally:
-            await service.close()
 
     asyncio.run(scenario())
 
@@ -94,17 +104,13 @@ def test_adding_pop_before_smtp_needs_a_restart(tmp_path: Path) -> None:
     )
 
     async def scenario() -> None:
-        service = Service(config)
-        await service.start()
-        try:
+        async with running(config) as service:
             write(config, port=port)
             result = service.reload()
             assert result.startswith("reload failed, keeping the running configuration")
             assert "[pop_before_smtp] was added" in result and "restart" in result
             assert verdict(service, "127.0.0.30", "u@example.org") is Verdict.ACCEPT
             assert service.stats()["reload-failures"] == 1
-        finally:
-            await service.close()
 
     asyncio.run(scenario())
 
@@ -117,15 +123,10 @@ def test_reload_applies_the_log_level_when_serve_manages_logging(tmp_path: Path)
     saved = (logger.level, list(logger.handlers), logger.propagate)
 
     async def scenario() -> None:
-        service = Service(config)
-        service.manages_logging = True
-        await service.start()
-        try:
+        async with running(config, manages_logging=True) as service:
             write(config, port=port, level="WARNING")
             assert service.reload() == "reloaded"
             assert logger.level == logging.WARNING
-        finally:
-            await service.close()
 
     try:
         asyncio.run(scenario())
@@ -142,14 +143,10 @@ def test_table_survives_a_restart_with_persist(tmp_path: Path) -> None:
     write(config, port=port, persist=str(saved))
 
     async def run_once(record: bool) -> bool:
-        service = Service(config)
-        await service.start()
-        try:
+        async with running(config) as service:
             if record:
                 service.table.record("127.0.0.22", user="hanako")
             return verdict(service, "127.0.0.22", "u@aho.jp") is Verdict.ACCEPT
-        finally:
-            await service.close()
 
     assert asyncio.run(run_once(True))
     assert saved.exists()

@@ -246,6 +246,8 @@ def test_the_map_follows_changes_the_watcher_did_not_make(tmp_path: Path) -> Non
         try:
             append(log, LOGIN, "127.0.0.11")
             await until(lambda: listed() == {"127.0.0.11"}, "the login in the map")
+            # real-time: the service's own table runs on time.monotonic; this entry
+            # expires half a second from now, and the map must follow.
             reply = table_command(service.table, "add", {"address": "127.0.0.14", "ttl": 0.5})
             assert reply["ok"], reply
             await until(lambda: listed() == {"127.0.0.11", "127.0.0.14"}, "ctl add in the map")
