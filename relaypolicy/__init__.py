@@ -7,8 +7,9 @@ and its ``save``/``load`` write and read a file.
 """
 
 from relaypolicy.address import Address, parse_address
-from relaypolicy.domains import DomainError, DomainSet, normalize_domain
-from relaypolicy.iptable import ExpiringIpTable, IpEntry, IpTable, Login, TableFileError
+from relaypolicy.domains import DomainSet, normalize_domain
+from relaypolicy.errors import ConfigError, DomainError, RelayPolicyError, TableFileError
+from relaypolicy.iptable import ExpiringIpTable, IpEntry, IpTable, Login
 from relaypolicy.model import Decision, Request, Verdict
 from relaypolicy.networks import NetworkSet, normalize_ip
 from relaypolicy.policies import (
@@ -31,6 +32,7 @@ __all__ = [
     "Address",
     "ByServerPort",
     "ClientCertificate",
+    "ConfigError",
     "Decision",
     "DomainError",
     "DomainSet",
@@ -44,6 +46,7 @@ __all__ = [
     "OpenRelay",
     "Policy",
     "PopBeforeSmtp",
+    "RelayPolicyError",
     "Request",
     "SmtpAuthRequired",
     "TableFileError",

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from relaypolicy import __version__
 from relaypolicy.domains import DomainError
+from relaypolicy.errors import UsageError
 from relaypolicy.model import Decision, Request, Verdict
 from relaypolicy.policies import FirstMatch, LocalDomainOnly, Policy, TrustedNetworks
 
@@ -22,10 +23,6 @@ __all__ = ["main"]
 
 EX_USAGE = 64
 EXIT_BY_VERDICT = {Verdict.ACCEPT: 0, Verdict.REJECT: 1, Verdict.DEFER: 2, Verdict.NEXT: 3}
-
-
-class UsageError(Exception):
-    """A command line we cannot act on; exits 64."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,7 +174,7 @@ def _check_policy(args: argparse.Namespace) -> Policy:
     if args.config:
         if args.local_domain or args.relay_domain or args.trusted_network:
             raise UsageError("give either --config or the domain/network options, not both")
-        from relaypolicy.config import ConfigError, load_config
+        from relaypolicy.config import load_config
         from relaypolicy.fleet import ReplicaTable
 
         try:
@@ -188,7 +185,7 @@ def _check_policy(args: argparse.Namespace) -> Policy:
                 if not table.wait_synced(10):
                     print("relaypolicy check: warning: Redis did not answer", file=sys.stderr)
             return config.build_policy(table)
-        except (ConfigError, OSError, ValueError) as exc:  # TableFileError is a ValueError
+        except (OSError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     if not args.local_domain and not args.relay_domain:
         raise UsageError("give at least one --local-domain (or --relay-domain)")
@@ -237,13 +234,12 @@ def _run_check(args: argparse.Namespace) -> int:
 def _run_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from relaypolicy.config import ConfigError
     from relaypolicy.postfix.service import Service, configure_logging
 
     async def serve() -> int:
         try:
             service = Service(args.config, listen=args.listen)
-        except (ConfigError, OSError, ValueError) as exc:  # TableFileError is a ValueError
+        except (OSError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         configure_logging(service.config.log.level, service.config.log.format)
         service.manages_logging = True  # a reload applies [log] changes

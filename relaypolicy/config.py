@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from relaypolicy.domains import DomainError, DomainSet
+from relaypolicy.errors import ConfigError
 from relaypolicy.iptable import ExpiringIpTable
 from relaypolicy.model import Verdict
 from relaypolicy.networks import NetworkSet
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
     from relaypolicy.watch.runner import WatchSettings
 
 __all__ = ["STEPS", "Config", "ConfigError", "load_config", "parse_config", "read_toml"]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file and the key."""
 
 
 # The steps a chain may name, and what each means in words (for `config check`).

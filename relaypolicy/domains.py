@@ -25,6 +25,7 @@ from functools import lru_cache
 
 import idna
 
+from relaypolicy.errors import DomainError
 from relaypolicy.networks import parse_ip
 
 __all__ = ["DomainError", "DomainSet", "normalize_domain", "normalize_literal"]
@@ -35,10 +36,6 @@ MAX_LABEL_OCTETS = 63  # RFC 1035 section 2.3.4
 # RFC 5321 section 4.1.2: sub-domain = Let-dig [Ldh-str]
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _DIGITS = re.compile(r"[0-9]+")
-
-
-class DomainError(ValueError):
-    """A domain that is not syntactically valid; the message says why."""
 
 
 def _check_ascii(domain: str, original: str) -> str:

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from relaypolicy.errors import StaleTable
 from relaypolicy.fleet.store import (
     RECORD_SCRIPT,
     REMOVE_SCRIPT,
@@ -61,10 +62,6 @@ log = logging.getLogger("relaypolicy.fleet")
 
 _START = StreamId(0, 0)
 _Op = tuple[str, str, str, float]  # ("record" | "remove", address, user, local deadline)
-
-
-class StaleTable(RuntimeError):
-    """The replica has not heard from Redis for longer than ``max_staleness``."""
 
 
 class ReplicaTable(ExpiringIpTable):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
+from relaypolicy.errors import TableFileError
+
 if TYPE_CHECKING:
     from relaypolicy.model import Request
 
@@ -80,7 +82,3 @@ class IpTable(Protocol):
     def __contains__(self, address: object) -> bool: ...
 
     def __len__(self) -> int: ...
-
-
-class TableFileError(ValueError):
-    """A saved table that cannot be loaded: the message names the file and the fault."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from relaypolicy.errors import ProtocolError
 from relaypolicy.model import Decision, Request, Verdict
 
 __all__ = [
@@ -71,10 +72,6 @@ POSTFIX_ATTRIBUTES = (
 )
 # Postfix sends "unknown" or nothing when it does not know; for these fields that is empty.
 _UNKNOWN = frozenset({"", "unknown"})
-
-
-class ProtocolError(Exception):
-    """The peer broke the protocol; the message says how. Close the connection."""
 
 
 class PolicyRequest:

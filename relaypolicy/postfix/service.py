@@ -149,7 +149,7 @@ class Service:
                     "start: restart relaypolicy"
                 )
             policy = config.build_policy(self.table)
-        except (ConfigError, OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError) as exc:
             self.server.counters["reload-failures"] += 1
             log.error("reload failed, keeping the running configuration: %s", exc)
             return f"reload failed, keeping the running configuration: {exc}"

@@ -85,7 +85,6 @@ def run_smtpd(args: argparse.Namespace) -> int:
         return _error("smtpd", str(exc), EX_USAGE)
     try:
         from relaypolicy.postfix.service import configure_logging
-        from relaypolicy.smtpd.passwords import PasswordFileError
         from relaypolicy.smtpd.server import SmtpdServer
     except ImportError as exc:
         return _error("smtpd", f"{exc} (pip install 'relaypolicy[aiosmtpd]')", EX_USAGE)
@@ -100,7 +99,7 @@ def run_smtpd(args: argparse.Namespace) -> int:
     async def serve() -> int:
         try:
             server = SmtpdServer(config, settings, listen=args.listen)
-        except (PasswordFileError, ValueError, OSError) as exc:  # files named in the message
+        except (OSError, ValueError) as exc:  # the message names the file
             return _error("smtpd", str(exc), EX_USAGE)
         try:
             return await server.run()
@@ -122,7 +121,7 @@ def _read_password(user: str, from_stdin: bool) -> str:
 
 
 def run_passwd(args: argparse.Namespace) -> int:
-    from relaypolicy.smtpd.passwords import PasswordFile, PasswordFileError, check_user_name
+    from relaypolicy.smtpd.passwords import PasswordFile, check_user_name
 
     try:
         check_user_name(args.user)
@@ -136,7 +135,7 @@ def run_passwd(args: argparse.Namespace) -> int:
         existed = args.user in passwords
         passwords.set(args.user, _read_password(args.user, args.password_stdin))
         passwords.save()
-    except (PasswordFileError, ValueError) as exc:
+    except ValueError as exc:
         return _error("passwd", str(exc), 1)
     except OSError as exc:
         return _error("passwd", f"{args.file}: {exc.strerror or exc}", 1)

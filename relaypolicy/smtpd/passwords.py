@@ -29,6 +29,7 @@ import secrets
 from pathlib import Path
 
 from relaypolicy._files import write_atomically
+from relaypolicy.errors import PasswordFileError
 
 __all__ = [
     "DEFAULT_N",
@@ -50,10 +51,6 @@ MAX_NAME = 255
 
 # What an unknown user's check is computed against, so it costs what a known one does.
 _DUMMY = f"{SCHEME}${DEFAULT_N}${DEFAULT_R}${DEFAULT_P}${'A' * 24}${'A' * 44}"
-
-
-class PasswordFileError(ValueError):
-    """A password file or hash that cannot be used; the message says where and why."""
 
 
 def _memory(n: int, r: int, p: int) -> int:

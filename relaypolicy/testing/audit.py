@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from relaypolicy.errors import AuditError
 from relaypolicy.model import Decision, Verdict
 from relaypolicy.policies.base import Policy
 from relaypolicy.testing.assertions import DEFAULT_CLIENT, probe_policy
@@ -41,10 +42,6 @@ __all__ = [
 ]
 
 MAX_RECONNECTS = 3
-
-
-class AuditError(Exception):
-    """The audit could not run: no connection, EHLO or STARTTLS refused."""
 
 
 class AuditResult(NamedTuple):

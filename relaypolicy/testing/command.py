@@ -301,7 +301,6 @@ def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from relaypolicy.config import ConfigError
     from relaypolicy.testing.audit import AuditError, audit_table, junit_cases, summary
     from relaypolicy.testing.report import write_junit
 
@@ -309,7 +308,7 @@ def run_audit(args: argparse.Namespace) -> int:
         target, results = _audit_smtp(args) if args.smtp else _audit_config(args)
     except AuditError as exc:
         return _error("audit", str(exc), EX_UNAVAILABLE)
-    except (ConfigError, ValueError, OSError) as exc:  # DomainError is a ValueError
+    except (OSError, ValueError) as exc:
         return _error("audit", str(exc), EX_USAGE)
     accepted = sum(result.accepted for result in results)
     if args.json:

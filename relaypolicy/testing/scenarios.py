@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from relaypolicy.config import Config, ConfigError, read_toml
+from relaypolicy.errors import ScenarioError
 from relaypolicy.iptable import ExpiringIpTable
 from relaypolicy.model import Decision, Request
 from relaypolicy.testing.assertions import DEFAULT_CLIENT, Expectation, describe_decision
@@ -60,10 +61,6 @@ _PORT_FIELDS = ("client_port", "server_port")
 _REQUEST_KEYS = frozenset(_STRING_FIELDS + _PORT_FIELDS)
 _CASE_KEYS = _REQUEST_KEYS | {"name", "expect", "pop_login_ago", "pop_user"}
 _DEFAULT_KEYS = _REQUEST_KEYS | {"pop_user"}
-
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be used; the message names the file, the case and key."""
 
 
 class Scenario(NamedTuple):

@@ -63,6 +63,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, NamedTuple
 
 from relaypolicy._files import fsync_directory, fsync_path, write_atomically, write_temp
+from relaypolicy.errors import ExportError
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.base import IpEntry
@@ -76,10 +77,6 @@ HEADER = "# written by relaypolicy; do not edit"
 # postmap(1): the file each indexed type builds from FILE (only single-file types).
 _POSTMAP_SUFFIX = {"hash": ".db", "btree": ".db"}
 _BINARY_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
-
-
-class ExportError(Exception):
-    """A map could not be written (postmap failed, or no postmap to run)."""
 
 
 class _Item(NamedTuple):
@@ -311,7 +308,7 @@ class Exporter:
         self._last_write = now  # attempts are rate-limited too
         try:
             self._write()
-        except (OSError, ExportError) as exc:
+        except OSError as exc:
             self.errors += 1
             log.error("export %s: could not write the map: %s", self.path, exc)
             return False
@@ -333,7 +330,7 @@ class Exporter:
         self.update(())
         try:
             self.write()
-        except (OSError, ExportError) as exc:
+        except OSError as exc:
             self.errors += 1
             log.error("export %s: could not clear the map: %s", self.path, exc)
 
