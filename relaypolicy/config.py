@@ -9,6 +9,7 @@ See ``docs/configuration.md`` for the reference and ``examples/`` for whole file
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,65 +17,113 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from relaypolicy.domains import DomainError, DomainSet
-from relaypolicy.errors import ConfigError
+from relaypolicy.domains import DomainSet
+from relaypolicy.errors import ConfigError, DomainError
+from relaypolicy.fleet.urls import parse_state_url
 from relaypolicy.iptable import ExpiringIpTable
+from relaypolicy.iptable.base import IpTable
 from relaypolicy.model import Verdict
 from relaypolicy.networks import NetworkSet
 from relaypolicy.policies import FirstMatch, LocalDomainOnly, OpenRelay, Policy, TrustedNetworks
 from relaypolicy.policies.auth import ClientCertificate, SmtpAuthRequired
 from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
 from relaypolicy.policies.ports import ByServerPort
+from relaypolicy.postfix.server import ServerSettings
+from relaypolicy.postfix.settings import parse_serve
+from relaypolicy.settings import Section, locate, parse_port
+from relaypolicy.watch.settings import WatchSettings, parse_watch
 
 if TYPE_CHECKING:
-    from relaypolicy.watch.runner import WatchSettings
+    from relaypolicy.fleet import ReplicaTable
 
-__all__ = ["STEPS", "Config", "ConfigError", "load_config", "parse_config", "read_toml"]
+__all__ = ["STEPS", "Config", "ConfigError", "Step", "load_config", "parse_config", "read_toml"]
 
 
-# The steps a chain may name, and what each means in words (for `config check`).
-STEPS: dict[str, str] = {
-    "trusted_networks": "accept clients in the trusted networks (permit_mynetworks)",
-    "sasl_permit": "accept clients that authenticated with SMTP AUTH (permit_sasl_authenticated)",
-    "sasl_required": "require SMTP AUTH: refuse unauthenticated clients with 530 5.7.0",
-    "client_certificate": "accept clients presenting a listed TLS client certificate "
-    "(permit_tls_clientcerts)",
-    "pop_before_smtp": "accept clients that logged in to POP/IMAP recently",
-    "local_domains": "accept mail for the local and relay domains, refuse everything else "
-    "(reject_unauth_destination)",
-    "open_relay": "accept everything (an open relay: tests and closed labs only)",
+@attrs.frozen
+class Step:
+    """One step a chain may name: what it means in words, and how to build it.
+
+    ``build`` makes the policy from the configuration and the POP-before-SMTP table (the
+    same table across reloads); ``needs`` names the section the step cannot work without.
+    """
+
+    name: str
+    words: str
+    build: Callable[[Config, IpTable | None], Policy]
+    needs: str = ""
+
+
+def _sasl(otherwise: Verdict) -> Callable[[Config, IpTable | None], Policy]:
+    def build(config: Config, table: IpTable | None) -> Policy:
+        # Sender ownership only where login is required (the submission ports): on port
+        # 25, mail from outside legitimately carries our users' addresses (forwarders,
+        # mailing lists), and "not logged in" would refuse it.
+        required = otherwise is Verdict.REJECT
+        return SmtpAuthRequired(
+            require_tls=config.auth.require_tls,
+            sender_logins=config.auth.sender_logins if required else None,
+            otherwise=otherwise,
+            name="sasl_required" if required else "sasl_permit",
+        )
+
+    return build
+
+
+def _pop(config: Config, table: IpTable | None) -> Policy:
+    if table is None or config.pop is None:
+        raise ConfigError(f"{config.source}: pop_before_smtp step without a table")
+    return PopBeforeSmtp(table, bind_sender=config.pop.bind_sender)
+
+
+# The steps a chain may name, in the order `config check` and the docs list them.
+STEPS: dict[str, Step] = {
+    step.name: step
+    for step in (
+        Step(
+            "trusted_networks",
+            "accept clients in the trusted networks (permit_mynetworks)",
+            lambda config, table: TrustedNetworks(config.trusted_networks),
+        ),
+        Step(
+            "sasl_permit",
+            "accept clients that authenticated with SMTP AUTH (permit_sasl_authenticated)",
+            _sasl(Verdict.NEXT),
+        ),
+        Step(
+            "sasl_required",
+            "require SMTP AUTH: refuse unauthenticated clients with 530 5.7.0",
+            _sasl(Verdict.REJECT),
+        ),
+        Step(
+            "client_certificate",
+            "accept clients presenting a listed TLS client certificate (permit_tls_clientcerts)",
+            lambda config, table: ClientCertificate(config.client_certificates),
+            needs="client_certificates.fingerprints",
+        ),
+        Step(
+            "pop_before_smtp",
+            "accept clients that logged in to POP/IMAP recently",
+            _pop,
+            needs="pop_before_smtp",
+        ),
+        Step(
+            "local_domains",
+            "accept mail for the local and relay domains, refuse everything else "
+            "(reject_unauth_destination)",
+            lambda config, table: LocalDomainOnly(
+                config.local_domains, relay_domains=config.relay_domains
+            ),
+            needs="domains.local",
+        ),
+        Step(
+            "open_relay",
+            "accept everything (an open relay: tests and closed labs only)",
+            lambda config, table: OpenRelay(),
+        ),
+    )
 }
 DEFAULT_CHAIN = ("trusted_networks", "sasl_permit", "pop_before_smtp", "local_domains")
 _DEFAULTS = {"reject": Verdict.REJECT, "defer": Verdict.DEFER, "next": Verdict.NEXT}
-
-
-def _typed(value: Any, kind: type | tuple[type, ...], key: str, expected: str) -> Any:
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _strings(value: Any, key: str) -> tuple[str, ...]:
-    _typed(value, list, key, "a list of strings")
-    for index, item in enumerate(value):
-        _typed(item, str, f"{key}[{index}]", "a string")
-    return tuple(value)
-
-
-def _table(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = config.get(key, {})
-    return _typed(value, dict, key, "a table") if value is not None else {}
-
-
-def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(sorted(known))})"
-        )
 
 
 @attrs.frozen
@@ -100,19 +149,6 @@ class AuthSettings:
 
 
 @attrs.frozen
-class ServeSettings:
-    """``[serve]``: listeners and the protocol options of the policy service."""
-
-    listen: tuple[str, ...] = ("127.0.0.1:9998",)
-    socket_mode: int = 0o666
-    accept_action: str = "OK"
-    other_states_action: str = "DUNNO"
-    idle_timeout: float = 330.0
-    max_connections: int = 200
-    control_socket: str = ""
-
-
-@attrs.frozen
 class LogSettings:
     """``[log]``: level and format (``text`` or ``json`` lines)."""
 
@@ -134,18 +170,16 @@ class Config:
     chain: tuple[str, ...]
     ports: Mapping[int, tuple[str, ...]]
     default: Verdict
-    serve: ServeSettings
+    serve: ServerSettings
     log: LogSettings
     watch: WatchSettings | None = None
 
-    def build_policy(self, pop_table: Any = None) -> Policy:
+    def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
-        builders = self._builders(pop_table)
 
         def chain_for(steps: tuple[str, ...], name: str) -> Policy:
-            return FirstMatch(
-                *(builders[step]() for step in steps), default=self.default, name=name
-            )
+            policies = (STEPS[step].build(self, pop_table) for step in steps)
+            return FirstMatch(*policies, default=self.default, name=name)
 
         default_chain = chain_for(self.chain, "chain")
         if not self.ports:
@@ -155,7 +189,7 @@ class Config:
         }
         return ByServerPort(by_port, default=default_chain)
 
-    def make_pop_table(self, *, load: bool = True) -> ExpiringIpTable | None:
+    def make_pop_table(self, *, load: bool = True) -> ExpiringIpTable | ReplicaTable | None:
         """A new POP-before-SMTP table as configured (loaded from ``persist`` if set).
 
         With a Redis ``state`` it is a :class:`~relaypolicy.fleet.ReplicaTable`, not yet
@@ -182,39 +216,6 @@ class Config:
             )
         return ExpiringIpTable(pop.ttl, max_entries=pop.max_entries, ipv6_prefix=pop.ipv6_prefix)
 
-    def _builders(self, pop_table: Any) -> dict[str, Callable[[], Policy]]:
-        def pop() -> Policy:
-            if pop_table is None:
-                raise ConfigError(f"{self.source}: pop_before_smtp step without a table")
-            assert self.pop is not None
-            return PopBeforeSmtp(pop_table, bind_sender=self.pop.bind_sender)
-
-        def sasl(otherwise: Verdict) -> Policy:
-            # Sender ownership only where login is required (the submission ports): on
-            # port 25, mail from outside legitimately carries our users' addresses
-            # (forwarders, mailing lists), and "not logged in" would refuse it.
-            return SmtpAuthRequired(
-                require_tls=self.auth.require_tls,
-                sender_logins=self.auth.sender_logins if otherwise is Verdict.REJECT else None,
-                otherwise=otherwise,
-                name="sasl_required" if otherwise is Verdict.REJECT else "sasl_permit",
-            )
-
-        def certificate() -> Policy:
-            return ClientCertificate(self.client_certificates)
-
-        return {
-            "trusted_networks": lambda: TrustedNetworks(self.trusted_networks),
-            "sasl_permit": lambda: sasl(Verdict.NEXT),
-            "sasl_required": lambda: sasl(Verdict.REJECT),
-            "client_certificate": certificate,
-            "pop_before_smtp": pop,
-            "local_domains": lambda: LocalDomainOnly(
-                self.local_domains, relay_domains=self.relay_domains
-            ),
-            "open_relay": OpenRelay,
-        }
-
     def describe(self) -> str:
         """The effective chains, in words."""
         lines = [f"configuration {self.source}"]
@@ -224,8 +225,6 @@ class Config:
         if self.pop is not None:
             persist = f", saved to {self.pop.persist}" if self.pop.persist else ""
             if self.pop.state != "memory":
-                from relaypolicy.fleet.urls import parse_state_url
-
                 persist = (
                     f", shared through {parse_state_url(self.pop.state).redacted} "
                     f"(unknown clients deferred after {self.pop.max_staleness:g} s without it)"
@@ -253,7 +252,7 @@ class Config:
         def steps_in_words(title: str, steps: tuple[str, ...]) -> None:
             lines.append(f"  {title}:")
             for number, step in enumerate(steps, 1):
-                lines.append(f"    {number}. {STEPS[step]}")
+                lines.append(f"    {number}. {STEPS[step].words}")
             ending = {
                 Verdict.REJECT: "refuse (554 5.7.1 Relay access denied)",
                 Verdict.DEFER: "defer (451 4.7.1)",
@@ -284,80 +283,85 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML file; :class:`ConfigError` names the file and the key."""
+    """Read and validate a TOML file.
+
+    Raises :class:`ConfigError` whose message starts with ``FILE:LINE:`` (or ``FILE:``
+    when the line cannot be told), then the key and what was expected.
+    """
     source = str(path)
     data = read_toml(path)
     try:
         return parse_config(data, source=source)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{where_in_file(path, str(exc))}: {exc}") from None
+
+
+def where_in_file(path: str | Path, message: str) -> str:
+    """``FILE:LINE`` for the key a :class:`ConfigError` message starts with, else ``FILE``."""
+    key = message.split(":", 1)[0]
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return str(path)
+    line = locate(text, key) if key and " " not in key else None
+    return f"{path}:{line}" if line else str(path)
+
+
+# The sections a file may hold. Each subsystem parses its own: [serve] the Postfix service
+# (relaypolicy.postfix.settings), [watch] the watcher (relaypolicy.watch.settings), [smtpd]
+# the SMTP server (relaypolicy.smtpd.settings); the rest describe the chain and its table.
+SECTIONS = (
+    "domains",
+    "networks",
+    "pop_before_smtp",
+    "smtp_auth",
+    "client_certificates",
+    "chain",
+    "serve",
+    "log",
+    "smtpd",
+    "watch",
+)
 
 
 def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
     """Validate an already-parsed TOML document."""
-    _no_unknown(
-        data,
-        {
-            "domains",
-            "networks",
-            "pop_before_smtp",
-            "smtp_auth",
-            "client_certificates",
-            "chain",
-            "serve",
-            "log",
-            "smtpd",
-            "watch",
-        },
-        "",
-    )
-    if "smtpd" in data:
+    document = Section(data, "", SECTIONS)
+    if "smtpd" in document:
         # `relaypolicy smtpd` reads it; `serve` ignores it, but a typo is still an error.
         from relaypolicy.smtpd.settings import parse_smtpd
 
         parse_smtpd(data["smtpd"])
-    domains = _table(data, "domains")
-    _no_unknown(domains, {"local", "relay"}, "domains")
-    local = _strings(domains.get("local", []), "domains.local")
-    relay = _strings(domains.get("relay", []), "domains.relay")
-    for key, values, subdomains in (
-        ("domains.local", local, False),
-        ("domains.relay", relay, True),
-    ):
+    domains = document.section("domains", ("local", "relay"))
+    local = domains.strings("local")
+    relay = domains.strings("relay")
+    for key, values, subdomains in (("local", local, False), ("relay", relay, True)):
         try:
             DomainSet(values, subdomains=subdomains)
         except DomainError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
+            raise domains.error(key, str(exc)) from None
 
-    networks = _table(data, "networks")
-    _no_unknown(networks, {"trusted"}, "networks")
-    trusted = _strings(networks.get("trusted", []), "networks.trusted")
+    networks = document.section("networks", ("trusted",))
+    trusted = networks.strings("trusted")
     for index, cidr in enumerate(trusted):
         try:
             NetworkSet([cidr])
         except ValueError as exc:
             raise ConfigError(f"networks.trusted[{index}]: {exc}") from None
 
-    certificates = _table(data, "client_certificates")
-    _no_unknown(certificates, {"fingerprints"}, "client_certificates")
-    fingerprints = _strings(
-        certificates.get("fingerprints", []), "client_certificates.fingerprints"
-    )
+    certificates = document.section("client_certificates", ("fingerprints",))
+    fingerprints = certificates.strings("fingerprints")
 
-    pop = _pop_settings(data)
-    auth = _auth_settings(data)
-    chain, ports, default = _chains(data, pop is not None)
-    if "local_domains" in {*chain, *(s for steps in ports.values() for s in steps)} and not (
-        local or relay
-    ):
-        raise ConfigError("domains.local: the chain uses local_domains but no domain is listed")
-    if "client_certificate" in {*chain, *(s for v in ports.values() for s in v)} and (
-        not fingerprints
-    ):
-        raise ConfigError(
-            "client_certificates.fingerprints: the chain uses client_certificate "
-            "but no fingerprint is listed"
-        )
+    pop = _pop_settings(document)
+    chain, ports, default = _chains(
+        document.section("chain", ("steps", "ports", "otherwise")), have_pop=pop is not None
+    )
+    present = {
+        "pop_before_smtp": pop is not None,
+        "domains.local": bool(local or relay),
+        "client_certificates.fingerprints": bool(fingerprints),
+    }
+    _check_needs(chain, ports, present)
     config = Config(
         source=source,
         local_domains=local,
@@ -365,22 +369,40 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         trusted_networks=trusted,
         client_certificates=fingerprints,
         pop=pop,
-        auth=auth,
+        auth=_auth_settings(document.section("smtp_auth", ("require_tls", "sender_logins"))),
         chain=chain,
         ports=ports,
         default=default,
-        serve=_serve_settings(data),
-        log=_log_settings(data),
+        serve=parse_serve(data.get("serve")),
+        log=_log_settings(document.section("log", ("level", "format"))),
         watch=_watch_settings(data, pop),
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).
         config.build_policy(pop_table=config.make_pop_table(load=False))
-        if auth.sender_logins is not None:  # validated even when no step uses it yet
-            SmtpAuthRequired(sender_logins=auth.sender_logins)
+        if config.auth.sender_logins is not None:  # validated even when no step uses it yet
+            SmtpAuthRequired(sender_logins=config.auth.sender_logins)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
     return config
+
+
+def _check_needs(
+    chain: tuple[str, ...], ports: Mapping[int, tuple[str, ...]], present: Mapping[str, bool]
+) -> None:
+    """Every step's ``needs`` is configured; the error names the key where it is used."""
+    where = [("chain.steps", chain)] + [(f"chain.ports.{p}", s) for p, s in ports.items()]
+    for key, steps in where:
+        for index, step in enumerate(steps):
+            needs = STEPS[step].needs
+            if not needs or present[needs]:
+                continue
+            if needs == "pop_before_smtp":
+                raise ConfigError(
+                    f"{key}[{index}]: pop_before_smtp needs a [pop_before_smtp] table"
+                )
+            what = "domain" if needs == "domains.local" else "fingerprint"
+            raise ConfigError(f"{needs}: the chain uses {step} but no {what} is listed")
 
 
 def _watch_settings(data: Mapping[str, Any], pop: PopSettings | None) -> WatchSettings | None:
@@ -388,219 +410,108 @@ def _watch_settings(data: Mapping[str, Any], pop: PopSettings | None) -> WatchSe
         return None
     if pop is None:
         raise ConfigError("watch: the watcher feeds the [pop_before_smtp] table; add one")
-    from relaypolicy.watch.runner import parse_watch
-
     return parse_watch(data["watch"])
 
 
-def _login_map(value: Any, key: str) -> dict[str, tuple[str, ...]]:
-    _typed(value, dict, key, "a table of address = [logins]")
-    result: dict[str, tuple[str, ...]] = {}
-    for address, logins in value.items():
-        listed = [logins] if isinstance(logins, str) else logins
-        result[address] = _strings(listed, f"{key}.{address}")
-    return result
+_POP_KEYS = (
+    "ttl",
+    "max_entries",
+    "ipv6_prefix",
+    "persist",
+    "state",
+    "bind_sender",
+    "max_staleness",
+    "key_prefix",
+)
 
 
-def _pop_settings(data: Mapping[str, Any]) -> PopSettings | None:
-    if "pop_before_smtp" not in data:
+def _pop_settings(document: Section) -> PopSettings | None:
+    if "pop_before_smtp" not in document:
         return None
-    table = _table(data, "pop_before_smtp")
-    key = "pop_before_smtp"
-    _no_unknown(
-        table,
-        {
-            "ttl",
-            "max_entries",
-            "ipv6_prefix",
-            "persist",
-            "state",
-            "bind_sender",
-            "max_staleness",
-            "key_prefix",
-        },
-        key,
-    )
-    ttl = float(_typed(table.get("ttl", 1800), (int, float), f"{key}.ttl", "seconds"))
-    if not 0 < ttl <= 7 * 86400:
-        raise ConfigError(f"{key}.ttl: expected seconds between 1 and 604800, got {ttl:g}")
-    max_entries = table.get("max_entries")
-    if max_entries is not None:
-        _typed(max_entries, int, f"{key}.max_entries", "a positive integer")
-        if max_entries < 1:
-            raise ConfigError(f"{key}.max_entries: expected a positive integer")
-    prefix = _typed(table.get("ipv6_prefix", 128), int, f"{key}.ipv6_prefix", "an integer")
-    if not 32 <= prefix <= 128:
-        raise ConfigError(f"{key}.ipv6_prefix: expected 32 to 128, got {prefix}")
-    persist = _typed(table.get("persist", ""), str, f"{key}.persist", "a file path")
-    state = _typed(table.get("state", "memory"), str, f"{key}.state", "a state URL")
-    from relaypolicy.fleet.urls import parse_state_url
-
+    section = document.section("pop_before_smtp", _POP_KEYS)
+    persist = section.string("persist", expected="a file path")
+    state = section.string("state", "memory", expected="a state URL")
     try:
         shared = parse_state_url(state).shared
     except ValueError as exc:
-        raise ConfigError(f"{key}.state: {exc}") from None
+        raise section.error("state", str(exc)) from None
     if shared:
-        import importlib.util
-
         if importlib.util.find_spec("redis") is None:
-            raise ConfigError(
-                f"{key}.state: a Redis state needs redis-py: pip install 'relaypolicy[redis]'"
+            raise section.error(
+                "state", "a Redis state needs redis-py: pip install 'relaypolicy[redis]'"
             )
         if persist:
-            raise ConfigError(
-                f"{key}.persist: Redis keeps a shared table; persist is for the memory state"
+            raise section.error(
+                "persist", "Redis keeps a shared table; persist is for the memory state"
             )
-    staleness = float(
-        _typed(table.get("max_staleness", 10), (int, float), f"{key}.max_staleness", "seconds")
-    )
-    if not 1 <= staleness <= 3600:
-        raise ConfigError(f"{key}.max_staleness: expected seconds from 1 to 3600")
-    prefix_text = _typed(
-        table.get("key_prefix", "relaypolicy:pop"), str, f"{key}.key_prefix", "a key prefix"
-    )
+    max_entries = None
+    if "max_entries" in section:
+        max_entries = section.integer(
+            "max_entries", 0, low=1, high=2**62, expected="a positive integer"
+        )
+    prefix_text = section.string("key_prefix", "relaypolicy:pop", expected="a key prefix")
     if not prefix_text or any(c in prefix_text for c in "{}\r\n "):
-        raise ConfigError(f"{key}.key_prefix: expected a non-empty prefix without braces")
-    bind = table.get("bind_sender")
+        raise section.error("key_prefix", "expected a non-empty prefix without braces")
     return PopSettings(
-        ttl=ttl,
+        ttl=section.seconds("ttl", 1800.0, low=1.0, high=7 * 86400.0),
         max_entries=max_entries,
-        ipv6_prefix=prefix,
+        ipv6_prefix=section.integer("ipv6_prefix", 128, low=32, high=128),
         persist=persist,
         state="memory" if not shared else state,
-        bind_sender=_login_map(bind, f"{key}.bind_sender") if bind is not None else None,
-        max_staleness=staleness,
+        bind_sender=section.login_map("bind_sender"),
+        max_staleness=section.seconds("max_staleness", 10.0, low=1.0, high=3600.0),
         key_prefix=prefix_text,
     )
 
 
-def _auth_settings(data: Mapping[str, Any]) -> AuthSettings:
-    table = _table(data, "smtp_auth")
-    _no_unknown(table, {"require_tls", "sender_logins"}, "smtp_auth")
-    require_tls = _typed(
-        table.get("require_tls", False), bool, "smtp_auth.require_tls", "true or false"
-    )
-    logins = table.get("sender_logins")
+def _auth_settings(section: Section) -> AuthSettings:
     return AuthSettings(
-        require_tls=require_tls,
-        sender_logins=_login_map(logins, "smtp_auth.sender_logins") if logins is not None else None,
+        require_tls=section.boolean("require_tls", False),
+        sender_logins=section.login_map("sender_logins"),
     )
 
 
-def _steps(value: Any, key: str, have_pop: bool) -> tuple[str, ...]:
-    steps = _strings(value, key)
+def _steps(section: Section, name: str) -> tuple[str, ...]:
+    steps = section.strings(name)
     if not steps:
-        raise ConfigError(f"{key}: expected at least one step")
+        raise section.error(name, "expected at least one step")
     for index, step in enumerate(steps):
         if step not in STEPS:
             raise ConfigError(
-                f"{key}[{index}]: unknown step {step!r} (expected one of {', '.join(STEPS)})"
+                f"{section.key(name)}[{index}]: unknown step {step!r} "
+                f"(expected one of {', '.join(STEPS)})"
             )
-        if step == "pop_before_smtp" and not have_pop:
-            raise ConfigError(f"{key}[{index}]: pop_before_smtp needs a [pop_before_smtp] table")
     if len(set(steps)) != len(steps):
-        raise ConfigError(f"{key}: a step is listed twice")
+        raise section.error(name, "a step is listed twice")
     return steps
 
 
 def _chains(
-    data: Mapping[str, Any], have_pop: bool
+    section: Section, *, have_pop: bool
 ) -> tuple[tuple[str, ...], dict[int, tuple[str, ...]], Verdict]:
-    table = _table(data, "chain")
-    _no_unknown(table, {"steps", "ports", "otherwise"}, "chain")
-    if "steps" in table:
-        chain = _steps(table["steps"], "chain.steps", have_pop)
-    else:
+    if "steps" in section:
+        chain = _steps(section, "steps")
+    else:  # the default chain asks the POP-before-SMTP table only when there is one
         chain = tuple(s for s in DEFAULT_CHAIN if have_pop or s != "pop_before_smtp")
+    port_table = section.table.get("ports")
+    ports_section = section.section("ports", port_table.keys() if port_table else ())
     ports: dict[int, tuple[str, ...]] = {}
-    for port_text, steps in _table(table, "ports").items():
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigError(f"chain.ports.{port_text}: expected a port number 1-65535")
-        ports[int(port_text)] = _steps(steps, f"chain.ports.{port_text}", have_pop)
+    for port_text in ports_section.table:
+        try:
+            port = parse_port(port_text)
+        except ValueError:
+            raise ports_section.error(port_text, "expected a port number 1-65535") from None
+        ports[port] = _steps(ports_section, port_text)
     expected = '"reject", "defer" or "next"'
-    otherwise = _typed(table.get("otherwise", "reject"), str, "chain.otherwise", expected)
-    if otherwise not in _DEFAULTS:
-        raise ConfigError(f"chain.otherwise: expected {expected}, got {otherwise!r}")
+    otherwise = section.string("otherwise", "reject", expected=expected, choices=_DEFAULTS)
     return chain, ports, _DEFAULTS[otherwise]
 
 
-def _serve_settings(data: Mapping[str, Any]) -> ServeSettings:
-    from relaypolicy.postfix.server import parse_listener
-
-    table = _table(data, "serve")
-    key = "serve"
-    _no_unknown(
-        table,
-        {
-            "listen",
-            "socket_mode",
-            "accept_action",
-            "other_states_action",
-            "idle_timeout",
-            "max_connections",
-            "control_socket",
-        },
-        key,
-    )
-    listen = _strings(table.get("listen", ["127.0.0.1:9998"]), f"{key}.listen")
-    if not listen:
-        raise ConfigError(f"{key}.listen: expected at least one address")
-    for index, spec in enumerate(listen):
-        try:
-            parse_listener(spec)
-        except ValueError as exc:
-            raise ConfigError(f"{key}.listen[{index}]: {exc}") from None
-    mode_text = _typed(
-        table.get("socket_mode", "0666"),
-        str,
-        f"{key}.socket_mode",
-        'an octal string such as "0660"',
-    )
-    try:
-        mode = int(mode_text, 8)
-    except ValueError:
-        raise ConfigError(f'{key}.socket_mode: expected an octal string such as "0660"') from None
-    if not 0 <= mode <= 0o777:
-        raise ConfigError(f"{key}.socket_mode: expected a permission mode up to 0777")
-    accept = _typed(
-        table.get("accept_action", "OK"), str, f"{key}.accept_action", '"OK" or "DUNNO"'
-    )
-    if accept not in ("OK", "DUNNO"):
-        raise ConfigError(f'{key}.accept_action: expected "OK" or "DUNNO", got {accept!r}')
-    other = _typed(
-        table.get("other_states_action", "DUNNO"), str, f"{key}.other_states_action", "an action"
-    )
-    if not other or any(c in other for c in "\r\n\x00"):
-        raise ConfigError(f"{key}.other_states_action: expected a one-line Postfix action")
-    idle = float(
-        _typed(table.get("idle_timeout", 330), (int, float), f"{key}.idle_timeout", "seconds")
-    )
-    if idle <= 0:
-        raise ConfigError(f"{key}.idle_timeout: expected a positive number of seconds")
-    limit = _typed(table.get("max_connections", 200), int, f"{key}.max_connections", "an integer")
-    if limit < 1:
-        raise ConfigError(f"{key}.max_connections: expected at least 1")
-    control = _typed(table.get("control_socket", ""), str, f"{key}.control_socket", "a socket path")
-    return ServeSettings(
-        listen=listen,
-        socket_mode=mode,
-        accept_action=accept,
-        other_states_action=other,
-        idle_timeout=idle,
-        max_connections=limit,
-        control_socket=control,
-    )
-
-
-def _log_settings(data: Mapping[str, Any]) -> LogSettings:
-    table = _table(data, "log")
-    _no_unknown(table, {"level", "format"}, "log")
-    level = _typed(table.get("level", "info"), str, "log.level", "a level name").upper()
+def _log_settings(section: Section) -> LogSettings:
+    level = section.string("level", "info", expected="a level name").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(
-            f"log.level: expected debug, info, warning or error, got {level.lower()!r}"
+        raise section.error(
+            "level", f"expected debug, info, warning or error, got {level.lower()!r}"
         )
-    fmt = _typed(table.get("format", "text"), str, "log.format", '"text" or "json"')
-    if fmt not in ("text", "json"):
-        raise ConfigError(f'log.format: expected "text" or "json", got {fmt!r}')
+    fmt = section.string("format", "text", expected='"text" or "json"', choices=("text", "json"))
     return LogSettings(level=level, format=fmt)

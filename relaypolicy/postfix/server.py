@@ -42,6 +42,7 @@ from relaypolicy.postfix.codec import (
     decision_action,
     encode_action,
 )
+from relaypolicy.settings import parse_host_port
 
 __all__ = ["Listener", "PolicyServer", "ServerSettings", "parse_listener"]
 
@@ -78,30 +79,30 @@ def parse_listener(text: str, *, mode: int = 0o666) -> Listener:
         return Listener(path=path, mode=mode)
     if spec.startswith("inet:"):
         spec = spec[5:]
-    host, colon, port_text = spec.rpartition(":")
-    if not colon or not port_text.isdigit():
-        raise ValueError(f"listener {text!r}: expected HOST:PORT or unix:/path")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"listener {text!r}: port out of range")
-    if not host:
-        raise ValueError(f"listener {text!r}: give an address to listen on")
+    try:
+        host, port = parse_host_port(spec)
+    except ValueError as exc:
+        raise ValueError(f"listener {text!r}: {exc}; or unix:/path") from None
     return Listener(host=host, port=port)
 
 
 @attrs.frozen
 class ServerSettings:
-    """How the server talks to Postfix.
+    """The ``[serve]`` section: where to listen and how the server talks to Postfix.
 
+    ``listen`` holds listener specs (:func:`parse_listener`); ``socket_mode`` is the mode of
+    the unix sockets among them; ``control_socket`` the control socket's path (empty: none).
     ``accept_action`` is what ACCEPT becomes (``OK``, or ``DUNNO`` when Postfix's own
     restrictions should still run after relaypolicy permits). ``other_states_action`` is
     the answer for requests from protocol states other than RCPT (``DUNNO``: no opinion).
     ``unusable_action`` answers a request that cannot be analysed (a client address that is
-    not an IP address): closed by default, a temporary refusal.
+    not an IP address): closed by default, a temporary refusal. ``log_format`` comes from
+    the ``[log]`` section.
     """
 
+    listen: tuple[str, ...] = ("127.0.0.1:9998",)
+    socket_mode: int = 0o666
+    control_socket: str = ""
     accept_action: str = "OK"
     other_states_action: str = "DUNNO"
     unusable_action: str = "451 4.3.0 Policy service cannot evaluate this request"

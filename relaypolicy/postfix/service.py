@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from relaypolicy.config import Config, ConfigError, load_config
 from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
 from relaypolicy.iptable.host import TableHost
@@ -62,13 +64,7 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 def _server_settings(config: Config) -> ServerSettings:
-    return ServerSettings(
-        accept_action=config.serve.accept_action,
-        other_states_action=config.serve.other_states_action,
-        idle_timeout=config.serve.idle_timeout,
-        max_connections=config.serve.max_connections,
-        log_format=config.log.format,
-    )
+    return attrs.evolve(config.serve, log_format=config.log.format)
 
 
 # Settings a reload cannot apply: the sockets are bound and the table is built once.

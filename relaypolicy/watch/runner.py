@@ -1,19 +1,7 @@
-"""The ``[watch]`` table of the configuration, and the running watcher built from it.
-
-One log, one parser, a position file and any number of exported maps::
-
-    [watch]
-    log = "/var/log/dovecot.log"
-    format = "dovecot"            # courier, cyrus, qpopper, uw, or "regex:PATTERN"
-    position = "/var/lib/relaypolicy/dovecot.pos"
-
-    [[watch.export]]
-    path = "/etc/postfix/pop-before-smtp"
-    format = "postfix"            # postfix-cidr, exim, sendmail, plain
+"""The running watcher built from the ``[watch]`` settings (:mod:`relaypolicy.watch.settings`).
 
 ``relaypolicy serve`` runs a :class:`LoginWatch` inside the service, on the table its
 policy reads; ``relaypolicy watch`` runs one alone (:mod:`relaypolicy.watch.command`).
-Relative paths are relative to the working directory, like ``pop_before_smtp.persist``.
 """
 
 from __future__ import annotations
@@ -23,20 +11,13 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
-import math
 import time
-import zoneinfo
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from relaypolicy.config import ConfigError
 from relaypolicy.control import ask
-from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError
 from relaypolicy.watch.follow import LogFollower
-from relaypolicy.watch.framing import LineFraming
-from relaypolicy.watch.parsers import DovecotParser, DovecotSessions, LineParser, parser_for
+from relaypolicy.watch.parsers import DovecotParser, DovecotSessions
+from relaypolicy.watch.settings import ExportSettings, WatchSettings, parse_watch
 from relaypolicy.watch.watcher import LoginTable, Watcher
 
 if TYPE_CHECKING:
@@ -53,188 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("relaypolicy.watch")
-
-_WATCH_KEYS = {
-    "log",
-    "format",
-    "position",
-    "start_at_end",
-    "timezone",
-    "interval",
-    "sessions",
-    "max_sessions",
-    "export",
-}
-_EXPORT_KEYS = {"path", "format", "map_type", "interval", "postmap_config"}
-_MAP_TYPES = ("texthash", "hash", "btree")
-
-
-@attrs.frozen
-class ExportSettings:
-    """One ``[[watch.export]]``: a map file kept in step with the table."""
-
-    path: str
-    format: str
-    map_type: str | None = None
-    interval: float = 1.0
-    postmap_config: str | None = None
-
-    def exporter(self) -> Exporter:
-        return Exporter(
-            self.path,
-            self.format,
-            map_type=self.map_type,
-            postmap_config=self.postmap_config,
-            interval=self.interval,
-        )
-
-
-@attrs.frozen
-class WatchSettings:
-    """``[watch]``: which log to follow, how to read it, and what to export."""
-
-    log: str
-    format: str
-    position: str = ""  # the follower's state file; empty: read the log from its start
-    start_at_end: bool = False  # without a position: skip what the log already holds
-    timezone: str = ""  # for year-less syslog times; empty: the machine's local time
-    interval: float = 0.25  # seconds between two looks at the log
-    exports: tuple[ExportSettings, ...] = ()
-    sessions: bool = False  # Dovecot: hold an address while it has an open session
-    max_sessions: int = 65536
-
-    def parser(self, *, clock: Any = time.time) -> LineParser:
-        tz = zoneinfo.ZoneInfo(self.timezone) if self.timezone else None
-        return parser_for(
-            self.format, framing=LineFraming(clock=clock, tz=tz), on_malformed=_log_malformed
-        )
-
-
-def _log_malformed(line: str, reason: str) -> None:
-    # A crafted or damaged line deserves a look; repr() keeps control characters visible.
-    log.warning("watch: refused a malformed login line (%s): %.300r", reason, line)
-
-
-def _get(table: Mapping[str, Any], key: str, kind: Any, expected: str, where: str) -> Any:
-    value = table[key]
-    if isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
-    return value
-
-
-def _seconds(table: Mapping[str, Any], key: str, where: str, low: float, high: float) -> float:
-    value = float(_get(table, key, int | float, "seconds", where))
-    if not (low <= value <= high) or math.isnan(value):
-        raise ConfigError(f"{where}.{key}: expected seconds from {low:g} to {high:g}")
-    return value
-
-
-def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(
-            f"{where}.{unknown[0]}: unknown key (expected one of {', '.join(sorted(known))})"
-        )
-
-
-def _parse_export(table: Any, where: str) -> ExportSettings:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table, got {table!r}")
-    _no_unknown(table, _EXPORT_KEYS, where)
-    for key in ("path", "format"):
-        if key not in table:
-            raise ConfigError(f"{where}.{key}: missing")
-    path = _get(table, "path", str, "a file path", where)
-    if not path:
-        raise ConfigError(f"{where}.path: empty")
-    format = _get(table, "format", str, "a map format", where)
-    if format not in EXPORT_FORMATS:
-        raise ConfigError(
-            f"{where}.format: expected one of {', '.join(EXPORT_FORMATS)}, got {format!r}"
-        )
-    map_type = None
-    if "map_type" in table:
-        map_type = _get(table, "map_type", str, "a map type", where)
-        if format != "postfix":
-            raise ConfigError(f"{where}.map_type: only the postfix format has one")
-        if map_type not in _MAP_TYPES:
-            raise ConfigError(
-                f"{where}.map_type: expected one of {', '.join(_MAP_TYPES)}, got {map_type!r}"
-            )
-    interval = _seconds(table, "interval", where, 0.0, 3600.0) if "interval" in table else 1.0
-    postmap_config = None
-    if "postmap_config" in table:
-        postmap_config = _get(table, "postmap_config", str, "a directory", where)
-    return ExportSettings(path, format, map_type, interval, postmap_config)
-
-
-def parse_watch(table: Any) -> WatchSettings:
-    """Validate a ``[watch]`` table; :class:`ConfigError` names the key."""
-    where = "watch"
-    if not isinstance(table, dict):
-        raise ConfigError(f"watch: expected a table, got {table!r}")
-    _no_unknown(table, _WATCH_KEYS, where)
-    for key in ("log", "format"):
-        if key not in table:
-            raise ConfigError(f"watch.{key}: missing (the log to follow and its format)")
-    path = _get(table, "log", str, "a file path", where)
-    if not path:
-        raise ConfigError("watch.log: empty")
-    format = _get(table, "format", str, "a log format", where)
-    position = _get(table, "position", str, "a file path", where) if "position" in table else ""
-    start_at_end = (
-        _get(table, "start_at_end", bool, "true or false", where)
-        if "start_at_end" in table
-        else False
-    )
-    timezone = _get(table, "timezone", str, "a zone name", where) if "timezone" in table else ""
-    interval = _seconds(table, "interval", where, 0.01, 10.0) if "interval" in table else 0.25
-    exports_table = table.get("export", [])
-    if isinstance(exports_table, dict):  # [watch.export] written once, not [[...]]
-        exports_table = [exports_table]
-    if not isinstance(exports_table, list):
-        raise ConfigError("watch.export: expected [[watch.export]] tables")
-    exports = tuple(
-        _parse_export(item, f"watch.export[{index}]") for index, item in enumerate(exports_table)
-    )
-    paths = [export.path for export in exports]
-    if len(set(paths)) != len(paths):
-        raise ConfigError("watch.export: two exports write the same path")
-    sessions = (
-        _get(table, "sessions", bool, "true or false", where) if "sessions" in table else False
-    )
-    if sessions and format != "dovecot":
-        raise ConfigError("watch.sessions: only the dovecot format logs the end of sessions")
-    max_sessions = 65536
-    if "max_sessions" in table:
-        max_sessions = _get(table, "max_sessions", int, "a positive integer", where)
-        if not 1 <= max_sessions <= 10_000_000:
-            raise ConfigError("watch.max_sessions: expected 1 to 10000000")
-    settings = WatchSettings(
-        path,
-        format,
-        position,
-        start_at_end,
-        timezone,
-        interval,
-        exports,
-        sessions,
-        max_sessions,
-    )
-    try:
-        settings.parser()
-    except zoneinfo.ZoneInfoNotFoundError:
-        raise ConfigError(f"watch.timezone: unknown zone {timezone!r}") from None
-    except ValueError as exc:
-        raise ConfigError(f"watch.format: {exc}") from None
-    for index, export in enumerate(exports):
-        try:
-            export.exporter()  # finds postmap for hash:/btree: now, not at the first write
-        except ExportError as exc:
-            raise ConfigError(f"watch.export[{index}]: {exc}") from None
-    return settings
 
 
 class ControlSocketTable:
