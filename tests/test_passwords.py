@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from relaypolicy.cli import main
 from relaypolicy.smtpd import passwords as passwords_module
-from relaypolicy.smtpd.command import main
 from relaypolicy.smtpd.passwords import (
     DEFAULT_N,
     PasswordFile,
@@ -189,7 +189,7 @@ def test_passwd_as_a_command(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "relaypolicy.smtpd",
+            "relaypolicy",
             "passwd",
             str(path),
             "taro",

@@ -497,7 +497,7 @@ def test_default_mode_end_to_end(tmp_path: Path) -> None:
     log = tmp_path / "smtpd.log"
     with log.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "relaypolicy.smtpd", "smtpd", "--listen", f"{HOST}:{port}"],
+            [sys.executable, "-m", "relaypolicy", "smtpd", "--listen", f"{HOST}:{port}"],
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -534,7 +534,7 @@ def test_default_mode_end_to_end(tmp_path: Path) -> None:
 
 
 def test_command_line_errors(tmp_path: Path) -> None:
-    run = [sys.executable, "-m", "relaypolicy.smtpd", "smtpd"]
+    run = [sys.executable, "-m", "relaypolicy", "smtpd"]
     missing = subprocess.run(
         [*run, "--config", str(tmp_path / "none.toml")], capture_output=True, text=True, check=False
     )

@@ -81,7 +81,7 @@ def test_requests_can_be_authenticated(request: Request, data: st.DataObject) ->
 def test_hypothesis_is_imported_only_by_the_strategies_module() -> None:
     code = (
         "import sys, relaypolicy, relaypolicy.testing, relaypolicy.testing.audit, "
-        "relaypolicy.testing.scenarios, relaypolicy.testing.command\n"
+        "relaypolicy.testing.scenarios, relaypolicy.cli\n"
         "assert 'hypothesis' not in sys.modules, 'hypothesis imported'\n"
         "assert 'pytest' not in sys.modules, 'pytest imported'\n"
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ import attrs
 
 from relaypolicy.config import Config, ConfigError, load_config
 from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
+from relaypolicy.daemon.logging import configure_logging
 from relaypolicy.iptable.host import TableHost
 from relaypolicy.postfix.server import PolicyServer, ServerSettings, parse_listener
 from relaypolicy.watch.runner import WatchTask
@@ -32,35 +32,6 @@ from relaypolicy.watch.runner import WatchTask
 __all__ = ["Service", "configure_logging"]
 
 log = logging.getLogger("relaypolicy.serve")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.name == "relaypolicy.decisions" and message.startswith("{"):
-            payload = json.loads(message)
-        else:
-            payload = {"message": message}
-        payload = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            **payload,
-        }
-        return json.dumps(payload, ensure_ascii=False)
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    """Log to stderr, plain text or JSON lines (one object per line)."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("relaypolicy")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
 
 
 def _server_settings(config: Config) -> ServerSettings:

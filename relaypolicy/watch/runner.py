@@ -1,7 +1,7 @@
 """The running watcher built from the ``[watch]`` settings (:mod:`relaypolicy.watch.settings`).
 
 ``relaypolicy serve`` runs a :class:`LoginWatch` inside the service, on the table its
-policy reads; ``relaypolicy watch`` runs one alone (:mod:`relaypolicy.watch.command`).
+policy reads; ``relaypolicy watch`` runs one alone (:mod:`relaypolicy.cli.watch`).
 """
 
 from __future__ import annotations

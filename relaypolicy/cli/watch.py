@@ -23,8 +23,11 @@ import signal
 import sys
 from typing import Any
 
+from relaypolicy.cli._common import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
 from relaypolicy.config import ConfigError, load_config
+from relaypolicy.daemon.logging import configure_logging
 from relaypolicy.fleet import ReplicaTable
+from relaypolicy.iptable import ExpiringIpTable
 from relaypolicy.watch.export import EXPORT_FORMATS
 from relaypolicy.watch.parsers import PARSER_FORMATS
 from relaypolicy.watch.runner import (
@@ -35,16 +38,12 @@ from relaypolicy.watch.runner import (
     parse_watch,
 )
 
-__all__ = ["add_watch_parser", "run_watch"]
+__all__ = ["add_parser", "run"]
 
 log = logging.getLogger("relaypolicy.watch")
 
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
 
-
-def add_watch_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> argparse.ArgumentParser:
     watch: argparse.ArgumentParser = commands.add_parser(
         "watch",
         help="follow a POP3/IMAP log and feed the POP-before-SMTP table",
@@ -189,10 +188,7 @@ async def _follow(watch: LoginWatch) -> None:
     await watch.run(stop)
 
 
-def run_watch(args: argparse.Namespace) -> int:
-    from relaypolicy.iptable import ExpiringIpTable
-    from relaypolicy.postfix.service import configure_logging
-
+def run(args: argparse.Namespace) -> int:
     config = None
     try:
         if args.config:

@@ -1,10 +1,8 @@
-"""The ``test`` and ``audit`` subcommands of ``relaypolicy``.
+"""``relaypolicy audit``: the relay-abuse battery against a configuration or a live server.
 
-``relaypolicy test SCENARIOS... --config FILE`` runs scenario files against a
-configuration; ``relaypolicy audit --config FILE`` or ``--smtp HOST[:PORT]`` runs the
-relay-abuse battery in process or against a live server. Exit status: 0 all is well, 1 a
-scenario failed or a probe was accepted, 64 a command line, configuration or scenario
-file that cannot be used, 69 (EX_UNAVAILABLE) a server that cannot be audited.
+``--config FILE`` runs it in process; ``--smtp HOST[:PORT]`` over SMTP (never DATA).
+Exit status: 0 no probe was accepted, 1 one was, 64 a usage error, 69 (EX_UNAVAILABLE) a
+server that cannot be audited.
 """
 
 from __future__ import annotations
@@ -14,47 +12,25 @@ import ipaddress
 import json
 import socket
 import ssl
-import sys
-from pathlib import Path
 from typing import Any
 
-__all__ = ["add_audit_parser", "add_test_parser", "run_audit", "run_test"]
+from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error
+from relaypolicy.config import load_config
+from relaypolicy.testing.audit import (
+    AuditError,
+    audit_policy,
+    audit_smtp,
+    audit_table,
+    junit_cases,
+    summary,
+)
+from relaypolicy.testing.probes import DEFAULT_FOREIGN_DOMAIN, probe_battery
+from relaypolicy.testing.report import write_junit
 
-EX_USAGE = 64
-EX_UNAVAILABLE = 69
-
-
-def _error(command: str, message: str, status: int) -> int:
-    print(f"relaypolicy {command}: error: {message}", file=sys.stderr)
-    return status
-
-
-def add_test_parser(commands: Any) -> argparse.ArgumentParser:
-    """Add ``test`` to a ``add_subparsers()`` object; the new parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "test",
-        help="run scenario files against a configuration",
-        description="Run every case of the scenario files (TOML: a request and the "
-        "expected decision) against the policy the configuration describes, and print a "
-        "table: case, expected, got, deciding policy, reason. Exit status 0 when every "
-        "case passes, 1 when one does not, 64 for a file that cannot be used.",
-        epilog="example: relaypolicy test examples/mx.scenarios.toml --config "
-        "examples/mx.toml  (see docs/testing.md)",
-    )
-    parser.add_argument("scenarios", nargs="+", metavar="SCENARIOS", help="scenario files")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="the TOML configuration (default: the file's own `config` key)",
-    )
-    parser.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML for CI")
-    parser.add_argument(
-        "--failures-only", action="store_true", help="print only the cases that fail"
-    )
-    return parser
+__all__ = ["add_parser", "run"]
 
 
-def add_audit_parser(commands: Any) -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Add ``audit`` to a ``add_subparsers()`` object; the new parser."""
     parser: argparse.ArgumentParser = commands.add_parser(
         "audit",
@@ -136,64 +112,6 @@ def add_audit_parser(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
-# --- relaypolicy test --------------------------------------------------------------------
-
-
-def run_test(args: argparse.Namespace) -> int:
-    from relaypolicy.config import ConfigError, load_config
-    from relaypolicy.testing.report import write_junit
-    from relaypolicy.testing.scenarios import (
-        ScenarioError,
-        junit_cases,
-        load_scenarios,
-        results_table,
-        run_scenarios,
-    )
-
-    junit = []
-    failed = total = 0
-    for number, path in enumerate(args.scenarios):
-        try:
-            scenarios = load_scenarios(path)
-            config_path = args.config or scenarios.config
-            if config_path is None:
-                return _error(
-                    "test", f"{path}: give --config (the file has no `config` key)", EX_USAGE
-                )
-            config = load_config(config_path)
-            results = run_scenarios(scenarios.cases, config)
-        except (ScenarioError, ConfigError) as exc:
-            message = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
-            return _error("test", message, EX_USAGE)
-        except (OSError, ValueError) as exc:  # a table file, a bad value
-            return _error("test", f"{path}: {exc}", EX_USAGE)
-        if number:
-            print()
-        print(f"{path} against {config.source}")
-        shown = [r for r in results if not r.passed] if args.failures_only else results
-        if shown:
-            print(results_table(shown))
-        bad = sum(not result.passed for result in results)
-        print(
-            f"{len(results)} cases: {len(results) - bad} passed"
-            + (f", {bad} FAILED" if bad else "")
-        )
-        failed += bad
-        total += len(results)
-        junit += junit_cases(results, Path(path).name)
-    if len(args.scenarios) > 1:
-        print(f"\nall files: {total} cases, {failed} failed")
-    if args.junit_xml:
-        try:
-            write_junit(args.junit_xml, "relaypolicy test", junit)
-        except OSError as exc:
-            return _error("test", f"--junit-xml: {exc}", EX_USAGE)
-    return 1 if failed else 0
-
-
-# --- relaypolicy audit -------------------------------------------------------------------
-
-
 def _host_port(text: str) -> tuple[str, int]:
     """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``; a bare IPv6 address too."""
     if text.startswith("["):
@@ -233,9 +151,6 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any]]:
     """In process: (a description of the target, the results)."""
-    from relaypolicy.config import load_config
-    from relaypolicy.testing.audit import audit_policy
-    from relaypolicy.testing.probes import DEFAULT_FOREIGN_DOMAIN, probe_battery
 
     for flag in ("source_address", "helo", "cafile"):
         if getattr(args, flag):
@@ -271,8 +186,6 @@ def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any]]:
 
 
 def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
-    from relaypolicy.testing.audit import audit_smtp
-    from relaypolicy.testing.probes import DEFAULT_FOREIGN_DOMAIN, probe_battery
 
     if args.server_port or args.client_address != "203.0.113.7":
         raise ValueError("--client-address and --server-port go with --config")
@@ -300,16 +213,14 @@ def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
     return f"SMTP server {host}:{port}{tls}{source}", results
 
 
-def run_audit(args: argparse.Namespace) -> int:
-    from relaypolicy.testing.audit import AuditError, audit_table, junit_cases, summary
-    from relaypolicy.testing.report import write_junit
+def run(args: argparse.Namespace) -> int:
 
     try:
         target, results = _audit_smtp(args) if args.smtp else _audit_config(args)
     except AuditError as exc:
-        return _error("audit", str(exc), EX_UNAVAILABLE)
+        return error("audit", str(exc), EX_UNAVAILABLE)
     except (OSError, ValueError) as exc:
-        return _error("audit", str(exc), EX_USAGE)
+        return error("audit", str(exc), EX_USAGE)
     accepted = sum(result.accepted for result in results)
     if args.json:
         print(
@@ -336,5 +247,5 @@ def run_audit(args: argparse.Namespace) -> int:
                 args.junit_xml, f"relaypolicy audit: {target}", junit_cases(results, "audit")
             )
         except OSError as exc:
-            return _error("audit", f"--junit-xml: {exc}", EX_USAGE)
+            return error("audit", f"--junit-xml: {exc}", EX_USAGE)
     return 1 if accepted else 0
