@@ -111,6 +111,7 @@ class ServeSettings:
     accept_action: str = "OK"
     other_states_action: str = "DUNNO"
     idle_timeout: float = 330.0
+    request_timeout: float = 10.0
     max_connections: int = 200
     control_socket: str = ""
 
@@ -540,6 +541,7 @@ def _serve_settings(data: Mapping[str, Any]) -> ServeSettings:
             "accept_action",
             "other_states_action",
             "idle_timeout",
+            "request_timeout",
             "max_connections",
             "control_socket",
         },
@@ -580,6 +582,11 @@ def _serve_settings(data: Mapping[str, Any]) -> ServeSettings:
     )
     if idle <= 0:
         raise ConfigError(f"{key}.idle_timeout: expected a positive number of seconds")
+    request = float(
+        _typed(table.get("request_timeout", 10), (int, float), f"{key}.request_timeout", "seconds")
+    )
+    if not request > 0:  # nan too
+        raise ConfigError(f"{key}.request_timeout: expected a positive number of seconds")
     limit = _typed(table.get("max_connections", 200), int, f"{key}.max_connections", "an integer")
     if limit < 1:
         raise ConfigError(f"{key}.max_connections: expected at least 1")
@@ -590,6 +597,7 @@ def _serve_settings(data: Mapping[str, Any]) -> ServeSettings:
         accept_action=accept,
         other_states_action=other,
         idle_timeout=idle,
+        request_timeout=request,
         max_connections=limit,
         control_socket=control,
     )

@@ -66,6 +66,7 @@ def _server_settings(config: Config) -> ServerSettings:
         accept_action=config.serve.accept_action,
         other_states_action=config.serve.other_states_action,
         idle_timeout=config.serve.idle_timeout,
+        request_timeout=config.serve.request_timeout,
         max_connections=config.serve.max_connections,
         log_format=config.log.format,
     )
