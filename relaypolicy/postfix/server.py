@@ -18,9 +18,11 @@ Two clocks per connection, one timer:
 When ``max_connections`` are open, a new connection is not refused: the open connection
 that has gone longest without an answer (one idle since its last request, a trickler, a
 peer that does not read its answers) is closed to make room. Postfix's policy client
-(``attr_clnt``) reconnects and sends the request again when a connection it kept turns
-out closed, and applies ``default_action`` only when that fails too; refusing the new
-connection instead would let whoever holds the slots turn every other client away.
+notices that a connection it kept was closed, waits ``smtpd_policy_service_retry_delay``
+(1 s), reconnects and sends the request again (``smtpd_policy_service_try_limit``, 2
+tries), and applies ``default_action`` only when that fails too: an evicted idle Postfix
+connection costs one request a second. Refusing the new connection instead would let
+whoever holds the slots turn every other client away.
 
 The policy is read from ``self.policy`` for every request, so replacing it (a reload) takes
 effect atomically between two requests, never within one.
@@ -429,7 +431,10 @@ class _PolicyProtocol(asyncio.Protocol):
         server = self.server
         server._connections.discard(self)
         server.counters["connections-evicted"] += 1
-        state = "in the middle of a request" if self.codec.in_request else "idle"
+        if self._writing_paused:
+            state = "not reading its answers"
+        else:
+            state = "in the middle of a request" if self.codec.in_request else "idle"
         log.warning(
             "%s: %d connections open; closing this one (%s, no answer for %.0f s) for %s",
             self.peer,
