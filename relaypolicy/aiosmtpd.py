@@ -6,7 +6,9 @@ the policy's decision; every other hook is the inner handler's. :func:`request_f
 maps aiosmtpd's session to a :class:`~relaypolicy.model.Request` (table in
 ``docs/aiosmtpd.md``); TLS is read from the transport, because with implicit TLS aiosmtpd
 never fills ``session.ssl`` (aiosmtpd issues #274, #281). :class:`PasswordAuthenticator`
-checks AUTH PLAIN/LOGIN against a scrypt password file. Needs the ``aiosmtpd`` extra.
+checks AUTH PLAIN/LOGIN against a scrypt password file. :class:`WholeReplySMTP` is
+aiosmtpd's ``SMTP`` sending each multi-line reply in one write. Needs the ``aiosmtpd``
+extra.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, AnyStr, NamedTuple
 
 try:
     from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -34,6 +36,7 @@ __all__ = [
     "RelayPolicyHandler",
     "SaslLogin",
     "TlsFacts",
+    "WholeReplySMTP",
     "request_from_session",
     "tls_facts",
 ]
@@ -402,3 +405,33 @@ class PasswordAuthenticator:
             return AuthResult(success=True, auth_data=SaslLogin(login, mechanism))
         log.info("%s: authentication failed for %r", session.peer, _printable(login))
         return AuthResult(success=False, handled=False)
+
+
+class WholeReplySMTP(SMTP):
+    """aiosmtpd's ``SMTP`` that sends each reply in one write, as Postfix does.
+
+    aiosmtpd writes and drains every line of a multi-line reply (EHLO, a handler's list)
+    on its own, so the lines can reach the client in separate segments. A client that
+    takes one read for the whole reply -- nmap's ``smtp-open-relay`` does -- then pairs
+    every later reply with the wrong command (and called the embedded server an open
+    relay). Lines that continue a reply (``250-...``, RFC 5321 section 4.2.1) are kept
+    here until its last line (``250 ...``) is pushed, then all go out together. Use it
+    wherever ``SMTP`` is built: ``Controller.factory``, ``loop.create_server``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reply_lines: list[bytes] = []
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):  # as aiosmtpd encodes it
+            line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            line = status
+        if line.rpartition(b"\n")[2][3:4] == b"-":  # the reply goes on
+            self._reply_lines.append(line)
+            return
+        if self._reply_lines:
+            line = b"\r\n".join([*self._reply_lines, line])
+            self._reply_lines.clear()
+        await super().push(line)

@@ -45,6 +45,7 @@ from relaypolicy.aiosmtpd import (  # noqa: E402
     PasswordAuthenticator,
     RelayPolicyHandler,
     SaslLogin,
+    WholeReplySMTP,
     request_from_session,
     subject_public_key_info,
 )
@@ -660,3 +661,59 @@ def test_subject_public_key_info_of_a_real_certificate(ca: Any) -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert subject_public_key_info(certificate.public_bytes(serialization.Encoding.DER)) == expected
+
+
+# --- replies in one write ----------------------------------------------------------------
+
+
+class WholeReplyController(Controller):
+    """aiosmtpd's Controller building :class:`WholeReplySMTP`, as docs/aiosmtpd.md shows."""
+
+    def factory(self) -> SMTP:
+        return WholeReplySMTP(self.handler, **self.SMTP_kwargs)
+
+
+class TwoLineNoop(Inner):
+    """An inner handler whose NOOP reply is two lines in one string."""
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
+        return "250-first\r\n250 second"
+
+
+def one_read(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    assert data, "the server closed the connection"
+    return data
+
+
+def test_whole_reply_smtp_sends_each_reply_in_one_write() -> None:
+    require_loopback_address("127.0.0.10")
+    handler = RelayPolicyHandler(LocalDomainOnly(["example.org"]), inner=TwoLineNoop())
+    controller = WholeReplyController(
+        handler, hostname=HOST, port=free_port(), server_hostname="mx.test"
+    )
+    controller.start()
+    try:
+        with socket.create_connection(
+            (HOST, controller.port), timeout=10, source_address=("127.0.0.10", 0)
+        ) as sock:
+            assert one_read(sock).startswith(b"220 mx.test ")
+            for attempt in range(20):
+                sock.sendall(b"EHLO client.example\r\n")
+                reply = one_read(sock)
+                assert reply.startswith(b"250-mx.test\r\n"), (attempt, reply)
+                assert b"\r\n250-X-INNER\r\n250 HELP\r\n" in reply, (attempt, reply)
+                assert reply.endswith(b"250 HELP\r\n"), (attempt, reply)
+            sock.sendall(b"NOOP\r\n")
+            assert one_read(sock) == b"250-first\r\n250 second\r\n"
+            sock.sendall(b"MAIL FROM:<a@aho.jp>\r\n")
+            assert one_read(sock) == b"250 OK\r\n"
+            sock.sendall(b"RCPT TO:<victim@aho.jp>\r\n")
+            assert one_read(sock) == b"554 5.7.1 <victim@aho.jp>: Relay access denied\r\n"
+        with client(controller) as smtp:  # an ordinary client sees an ordinary server
+            assert smtp.ehlo("client.example")[0] == 250 and smtp.has_extn("x-inner")
+            assert smtp.noop() == (250, b"first\nsecond")
+    finally:
+        controller.stop()

@@ -49,6 +49,7 @@ SMTPD_SECTION = """
 listen = ["{host}:{port}"]
 hostname = "mx.example.org"
 maildir = "{directory}/maildirs"
+catch_all = "{directory}/catch-all"
 outgoing = "{directory}/outgoing"
 {tls}
 """

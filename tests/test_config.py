@@ -134,6 +134,14 @@ def test_defaults_build_a_safe_chain() -> None:
             'serve.accept_action: expected "OK" or "DUNNO"',
         ),
         (
+            "[domains]\nlocal = ['x.test']\n[serve]\nrequest_timeout = 0\n",
+            "serve.request_timeout: expected seconds from 0.001 to 3600, got 0",
+        ),
+        (
+            "[domains]\nlocal = ['x.test']\n[serve]\nrequest_timeout = nan\n",
+            "serve.request_timeout: expected seconds",
+        ),
+        (
             "[domains]\nlocal = ['x.test']\n[log]\nformat = 'xml'\n",
             'log.format: expected "text" or "json"',
         ),

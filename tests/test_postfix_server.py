@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -150,7 +151,7 @@ def test_client_stopping_mid_request_is_closed(caplog: pytest.LogCaptureFixture)
     assert any("middle of a request" in r.getMessage() for r in caplog.records)
 
 
-def test_connection_limit() -> None:
+def test_a_full_server_closes_the_connection_without_an_answer_longest() -> None:
     async def scenario() -> None:
         async with running(ServerSettings(max_connections=2)) as (server, host, port):
             held = [await asyncio.open_connection(host, port) for _ in range(2)]
@@ -159,8 +160,127 @@ def test_connection_limit() -> None:
                     b"action=OK\n\n"
                 )
             reader, writer = await asyncio.open_connection(host, port)
-            assert await asyncio.wait_for(reader.read(), 5) == b""
-            assert server.counters["connections-refused"] == 1
+            assert await ask(reader, writer, request_bytes("u@local.test")) == b"action=OK\n\n"
+            oldest_reader, _ = held[0]
+            assert await asyncio.wait_for(oldest_reader.read(), 5) == b""
+            newer_reader, newer_writer = held[1]
+            assert await ask(newer_reader, newer_writer, request_bytes("u@aho.jp")) == (
+                b"action=554 5.7.1 Relay access denied\n\n"
+            )
+            assert server.counters["connections-evicted"] == 1
+            assert server.connections == 2
+            for _, other in [*held, (reader, writer)]:
+                other.close()
+
+    run(scenario)
+
+
+# A request that never ends: a valid start, then one "y" at a time (a line may be 8 KiB).
+TRICKLE = b"request=smtpd_access_policy\nx_padding="
+
+
+async def trickle(host: str, port: int, stop: asyncio.Event, cut: list[int]) -> None:
+    """A slow client: one byte every 0.2 s, reconnecting whenever the server cuts it off.
+
+    Each connection is counted in ``cut`` when the server closes it."""
+    while not stop.is_set():
+        reader, writer = await asyncio.open_connection(host, port)
+        closed = asyncio.ensure_future(reader.read())
+        payload = iter(TRICKLE)
+        while not stop.is_set() and not closed.done():
+            writer.write(bytes([next(payload, ord("y"))]))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(closed), 0.2)
+        if closed.done():
+            cut.append(1)
+        closed.cancel()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def ask_like_postfix(host: str, port: int, data: bytes) -> bytes:
+    """Postfix's policy client: connect, ask, and on a failed connection try again."""
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(data)
+            answer = await reader.readuntil(b"\n\n")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return answer
+
+
+def test_a_trickled_request_is_closed_at_request_timeout_however_slow_the_bytes() -> None:
+    """Every byte arrives well within idle_timeout; the request still has a deadline."""
+
+    async def scenario() -> None:
+        settings = ServerSettings(idle_timeout=30, request_timeout=1)
+        async with running(settings) as (server, host, port):
+            stop, cut = asyncio.Event(), list[int]()
+            task = asyncio.create_task(trickle(host, port, stop, cut))
+            try:
+                for _ in range(1000):  # a bounded wait, 10 s, for the first cut
+                    if cut:
+                        break
+                    await asyncio.sleep(0.01)
+                assert cut, "a request trickling in for 10 s was never cut off"
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 5)
+            assert server.counters["request-timeouts"] >= 1
+
+    run(scenario)
+
+
+def test_time_between_requests_is_not_request_time() -> None:
+    async def scenario() -> None:
+        settings = ServerSettings(idle_timeout=30, request_timeout=0.3)
+        async with running(settings) as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            assert await ask(reader, writer, request_bytes("u@local.test")) == b"action=OK\n\n"
+            await asyncio.sleep(0.6)  # idle for two request timeouts
+            assert await ask(reader, writer, request_bytes("u@aho.jp")) == (
+                b"action=554 5.7.1 Relay access denied\n\n"
+            )
+            # A request split over two writes a moment apart is answered too.
+            first, second = request_bytes("u@local.test")[:20], request_bytes("u@local.test")[20:]
+            writer.write(first)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            assert await ask(reader, writer, second) == b"action=OK\n\n"
+            writer.close()
+            assert server.counters["request-timeouts"] == 0
+
+    run(scenario)
+
+
+def test_trickling_clients_holding_every_slot_do_not_lock_out_postfix() -> None:
+    """Fault injection: as many slow clients as there are slots, each sending one byte
+    every 0.2 s (never idle for idle_timeout) and reconnecting whenever cut off. A client
+    that asks properly still gets its answer, within a generous bound."""
+
+    async def scenario() -> None:
+        settings = ServerSettings(max_connections=5, idle_timeout=30, request_timeout=2)
+        async with running(settings) as (server, host, port):
+            stop, cut = asyncio.Event(), list[int]()
+            attackers = [asyncio.create_task(trickle(host, port, stop, cut)) for _ in range(5)]
+            try:
+                for _ in range(500):
+                    if server.connections == 5:
+                        break
+                    await asyncio.sleep(0.01)
+                assert server.connections == 5  # every slot is held
+                await asyncio.sleep(0.5)  # a few bytes each
+                answer = await asyncio.wait_for(
+                    ask_like_postfix(host, port, request_bytes("u@aho.jp")), 15
+                )
+                assert answer == b"action=554 5.7.1 Relay access denied\n\n"
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*attackers), 10)
 
     run(scenario)
 
@@ -486,6 +606,30 @@ def test_a_peer_that_does_not_read_is_not_read_and_not_timed_out() -> None:
         await asyncio.sleep(0.35)
         assert transport.closing and not transport.aborted  # idle: closed quietly
         assert server.counters["protocol-errors"] == 0
+
+    run(scenario)
+
+
+def test_the_request_clock_stops_while_the_server_is_not_reading() -> None:
+    """Back-pressure with a request half received: the server stopped reading, so the
+    peer's request cannot complete; that time is not held against it."""
+
+    async def scenario() -> None:
+        server = PolicyServer(POLICY, ServerSettings(idle_timeout=30, request_timeout=0.2))
+        transport = stalled_connection(server)
+        (protocol,) = server._connections
+        protocol.data_received(request_bytes("u@local.test") + b"request=smtpd_access_policy\n")
+        protocol.pause_writing()
+        await asyncio.sleep(0.5)  # over two request timeouts, not reading
+        assert not transport.closing
+        protocol.resume_writing()
+        await asyncio.sleep(0)
+        assert not transport.closing
+        for _ in range(500):  # then the rest of its 0.2 s runs out
+            if transport.closing:
+                break
+            await asyncio.sleep(0.01)
+        assert transport.closing and server.counters["request-timeouts"] == 1
 
     run(scenario)
 

@@ -50,6 +50,8 @@ HOST = "127.0.0.1"
 PASSWORD = "taro's password"
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = b"From: taro@example.org\r\nSubject: test\r\n\r\nhello\r\n"
+# The shared server's local recipient table (smtpd.mailboxes), plus two set in the fixture.
+MAILBOXES = ["hanako@example.org", "jiro@example.org", "me@example.org", "saburo@example.org"]
 
 
 class Sink:
@@ -193,6 +195,7 @@ steps = ["trusted_networks", "sasl_permit", "pop_before_smtp", "local_domains"]
 listen = ["{HOST}:{mx}", "{HOST}:{submission}"]
 hostname = "mx.example.org"
 maildir = "{directory}/maildirs"
+mailboxes = {json.dumps([*MAILBOXES, '"../../x"@example.org', "postmaster"])}
 outgoing = "{directory}/outgoing"
 smarthost = "{HOST}:{sink.port}"
 tls_certificate = "{directory}/cert.pem"
@@ -277,6 +280,44 @@ def test_a_local_part_cannot_climb_out_of_the_maildir_tree(site: Site) -> None:
     assert not (site.directory / "x").exists()
 
 
+def directories(root: Path) -> set[Path]:
+    return {path for path in root.rglob("*") if path.is_dir()} if root.exists() else set()
+
+
+def user_unknown(recipient: str) -> tuple[int, bytes]:
+    text = f"5.1.1 <{recipient}>: Recipient address rejected: User unknown in local recipient table"
+    return 550, text.encode()
+
+
+def test_unknown_local_users_are_refused_and_never_get_a_directory(site: Site) -> None:
+    """A stranger inventing 1,000 local parts gets 1,000 refusals and no directory."""
+    before = directories(site.directory / "maildirs")
+    unknown = [f"nobody{n}@example.org" for n in range(1000)]
+    with connect(site.mx, "127.0.0.10") as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("someone@aho.jp")
+        for recipient in unknown:
+            assert smtp.rcpt(recipient) == user_unknown(recipient)
+        assert smtp.rcpt("Jiro@example.org") == (250, b"2.1.5 Ok")  # still at work
+        assert smtp.data(MESSAGE) == (250, b"2.0.0 Ok: delivered")
+    created = directories(site.directory / "maildirs") - before
+    jiro = site.directory / "maildirs" / "example.org" / "jiro"
+    assert created <= {jiro, *(jiro / name for name in ("cur", "new", "tmp"))}
+    assert len(site.maildir("example.org", "jiro")) >= 1
+
+
+def test_a_bare_local_part_is_a_mailbox_at_every_local_domain(site: Site) -> None:
+    before = len(site.maildir("example.org", "postmaster"))
+    with connect(site.mx, "127.0.0.10") as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("someone@aho.jp")
+        assert smtp.rcpt("PostMaster@example.org") == (250, b"2.1.5 Ok")
+        assert smtp.rcpt("postmaster") == (250, b"2.1.5 Ok")  # RFC 5321 section 4.5.1
+        assert smtp.rcpt("abuse@example.org") == user_unknown("abuse@example.org")
+        assert smtp.data(MESSAGE)[0] == 250
+    assert len(site.maildir("example.org", "postmaster")) == before + 2
+
+
 def test_trusted_client_relays_through_the_smarthost(site: Site, sink: Sink) -> None:
     with connect(site.mx, "127.0.0.1") as smtp:
         smtp.ehlo("localhost")
@@ -300,6 +341,35 @@ def test_smarthost_refusing_one_recipient_keeps_a_copy(site: Site, sink: Sink) -
     assert sink.received[-1][1] == ["good@aho.jp"]
     kept = [path.read_bytes() for path in (site.directory / "outgoing" / "new").iterdir()]
     assert any(b"X-Relaypolicy-Recipient: <bad@aho.jp>" in message for message in kept)
+
+
+def first_read(sock: socket.socket) -> bytes:
+    """What one recv() returns: the part of a reply that arrived together."""
+    data = sock.recv(65536)
+    assert data, "the server closed the connection"
+    return data
+
+
+@pytest.mark.parametrize("port_name", ["mx", "submission"])
+def test_each_multiline_reply_arrives_in_one_read(site: Site, port_name: str) -> None:
+    """Postfix writes a whole reply at once, and clients (nmap) rely on it: the first recv()
+    after EHLO must hold the final "250 " line. aiosmtpd alone wrote line by line."""
+    require_loopback_address("127.0.0.10")
+    port = getattr(site, port_name)
+    with socket.create_connection(
+        (HOST, port), timeout=10, source_address=("127.0.0.10", 0)
+    ) as sock:
+        assert first_read(sock).startswith(b"220 mx.example.org ")
+        for attempt in range(20):
+            sock.sendall(b"EHLO client.example\r\n")
+            reply = first_read(sock)
+            lines = reply.split(b"\r\n")
+            assert lines[-1] == b"", (attempt, reply)  # ends with a whole line
+            assert lines[0] == b"250-mx.example.org", (attempt, reply)
+            assert lines[-2].startswith(b"250 "), (attempt, reply)  # and the last one
+            assert all(line.startswith(b"250-") for line in lines[:-2]), (attempt, reply)
+        sock.sendall(b"QUIT\r\n")
+        assert first_read(sock).startswith(b"221 ")
 
 
 # --- AUTH and TLS --------------------------------------------------------------------------
@@ -407,6 +477,13 @@ def test_swaks_refused_relay_and_accepted_local(site: Site) -> None:
     local = swaks(*common, "--to", "saburo@example.org")
     assert local.returncode == 0, local.stdout + local.stderr
     assert len(site.maildir("example.org", "saburo")) == 1
+    unknown = swaks(*common, "--to", "shiro@example.org")
+    assert unknown.returncode != 0
+    assert (
+        "<** 550 5.1.1 <shiro@example.org>: Recipient address rejected: "
+        "User unknown in local recipient table"
+    ) in unknown.stdout
+    assert not (site.directory / "maildirs" / "example.org" / "shiro").exists()
 
 
 def test_swaks_authenticated_relay_over_starttls(site: Site, sink: Sink) -> None:
@@ -436,6 +513,7 @@ trusted = ["127.0.0.1/32"]
 [smtpd]
 listen = ["{HOST}:{port}"]
 maildir = "{tmp_path}/maildirs"
+catch_all = "{tmp_path}/maildirs/catch-all"
 smarthost = "{HOST}:{closed}"
 """,
     )
@@ -450,9 +528,55 @@ smarthost = "{HOST}:{closed}"
     assert not (tmp_path / "maildirs").exists()  # the client retries; nothing twice
 
 
+def test_a_catch_all_takes_every_other_local_address(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.toml",
+        f"""
+[domains]
+local = ["example.org", "example.jp"]
+[smtpd]
+listen = ["{HOST}:{port}"]
+maildir = "{tmp_path}/maildirs"
+mailboxes = ["taro@example.org"]
+catch_all = "{tmp_path}/catch-all"
+""",
+    )
+    server = SmtpdServer(*load_smtpd_config(config))
+    with Running(server), connect(port, "127.0.0.10") as smtp:
+        smtp.ehlo("client.example")
+        smtp.mail("someone@aho.jp")
+        for n in range(100):
+            assert smtp.rcpt(f"guess{n}@example.jp") == (250, b"2.1.5 Ok")
+        assert smtp.rcpt("taro@example.org") == (250, b"2.1.5 Ok")
+        assert smtp.rcpt("taro@example.jp") == (250, b"2.1.5 Ok")  # another domain's taro
+        assert smtp.data(MESSAGE) == (250, b"2.0.0 Ok: delivered")
+    assert {path.name for path in (tmp_path / "maildirs").iterdir()} == {"example.org"}
+    assert {path.name for path in (tmp_path / "maildirs" / "example.org").iterdir()} == {"taro"}
+    caught = [path.read_bytes() for path in (tmp_path / "catch-all" / "new").iterdir()]
+    assert len(caught) == 101  # one copy per recipient, as in their own Maildirs
+    assert any(b"Delivered-To: taro@example.jp\n" in message for message in caught)
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
+        ("[smtpd]\n", "smtpd.mailboxes: mail for example.org needs mailboxes"),
+        ('[smtpd]\nmailboxes = "taro"', "smtpd.mailboxes: expected a list of addresses"),
+        ("[smtpd]\nmailboxes = [7]", "smtpd.mailboxes[0]: expected an address"),
+        (
+            '[smtpd]\nmailboxes = ["taro@example.org", "a b@example.org"]',
+            "smtpd.mailboxes[1]: 'a b@example.org' is not a mailbox address",
+        ),
+        (
+            '[smtpd]\nmailboxes = ["friend%aho.jp@example.org"]',
+            "smtpd.mailboxes[0]: 'friend%aho.jp@example.org' routes mail elsewhere",
+        ),
+        (
+            '[smtpd]\nmailboxes = ["taro@example.com"]',
+            "smtpd.mailboxes: taro@example.com: example.com is not in domains.local",
+        ),
+        ("[smtpd]\ncatch_all = 1", "smtpd.catch_all: expected a path"),
         ('[smtpd]\nlisten = "x"', "smtpd.listen: expected a list"),
         ('[smtpd]\nlisten = ["nowhere"]', "smtpd.listen[0]: expected HOST:PORT"),
         ('[smtpd]\nsmarthost = "h:99999"', "smtpd.smarthost: port out of range"),

@@ -451,6 +451,7 @@ def test_smtpd_runs_the_watcher_and_lets_a_pop_client_relay(tmp_path: Path) -> N
         POLICY + f'\n[watch]\nlog = "{log}"\nformat = "dovecot"\ninterval = 0.05\n\n'
         f'[smtpd]\nlisten = ["127.0.0.1:{port}"]\nhostname = "mx.example.org"\n'
         f'maildir = "{tmp_path / "maildirs"}"\noutgoing = "{tmp_path / "outgoing"}"\n'
+        f'catch_all = "{tmp_path / "catch-all"}"\n'
     )
 
     def rcpt_code(source: str) -> int:

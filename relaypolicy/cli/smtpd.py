@@ -26,10 +26,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "smtpd",
         help="run a small SMTP server that enforces the configured relay policy",
         description="Run an SMTP server (aiosmtpd) that applies the configuration's chain "
-        "to every recipient: local mail is delivered into a Maildir per recipient, relayed "
-        "mail is forwarded to the smarthost or kept in an outgoing Maildir. Without "
-        "--config it runs an embedded default: local domain localhost, trusted network "
-        "127.0.0.1, Maildirs under the current directory. SIGTERM/SIGINT stop it.",
+        "to every recipient: local mail is delivered into a Maildir per listed mailbox "
+        "(smtpd.mailboxes; other local addresses go to smtpd.catch_all or are refused with "
+        "550 5.1.1), relayed mail is forwarded to the smarthost or kept in an outgoing "
+        "Maildir. Without --config it runs an embedded default: local domain localhost "
+        "with the mailboxes user and postmaster, trusted network 127.0.0.1, Maildirs under "
+        "the current directory. SIGTERM/SIGINT stop it.",
         epilog="try it: relaypolicy smtpd, then in another terminal: swaks --server "
         "127.0.0.1:8025 --to user@localhost  (see docs/aiosmtpd.md)",
     )

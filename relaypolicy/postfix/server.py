@@ -3,10 +3,26 @@
 Each connection (an :class:`asyncio.Protocol`: no task, no stream and no timer per request)
 feeds the bytes it receives to the codec, asks the current policy for every complete
 request and writes the answers, in order, in one write. A protocol error is logged with
-the peer and what was wrong, nothing is sent, and only that connection is closed. A
-connection that stops in the middle of a request is closed after ``idle_timeout``; an idle
-connection between requests is closed after the same time (Postfix reconnects; its own
-``smtpd_policy_service_max_idle`` is 300 s, so the default here is longer).
+the peer and what was wrong, nothing is sent, and only that connection is closed.
+
+Two clocks per connection, one timer:
+
+- ``idle_timeout``: a connection that sends nothing for this long is closed, between
+  requests or within one (Postfix reconnects; its own ``smtpd_policy_service_max_idle``
+  is 300 s, so the default here is longer).
+- ``request_timeout``: a request must be complete this long after its first byte,
+  however slowly the rest trickles in; further bytes do not restart this clock. Postfix
+  writes a request in one piece, so only a broken or hostile peer ever meets it. Without
+  it a peer sending one byte every few seconds would hold its connection for ever.
+
+When ``max_connections`` are open, a new connection is not refused: the open connection
+that has gone longest without an answer (one idle since its last request, a trickler, a
+peer that does not read its answers) is closed to make room. Postfix's policy client
+notices that a connection it kept was closed, waits ``smtpd_policy_service_retry_delay``
+(1 s), reconnects and sends the request again (``smtpd_policy_service_try_limit``, 2
+tries), and applies ``default_action`` only when that fails too: an evicted idle Postfix
+connection costs one request a second. Refusing the new connection instead would let
+whoever holds the slots turn every other client away.
 
 The policy is read from ``self.policy`` for every request, so replacing it (a reload) takes
 effect atomically between two requests, never within one.
@@ -96,8 +112,9 @@ class ServerSettings:
     restrictions should still run after relaypolicy permits). ``other_states_action`` is
     the answer for requests from protocol states other than RCPT (``DUNNO``: no opinion).
     ``unusable_action`` answers a request that cannot be analysed (a client address that is
-    not an IP address): closed by default, a temporary refusal. ``log_format`` comes from
-    the ``[log]`` section.
+    not an IP address): closed by default, a temporary refusal. ``idle_timeout``,
+    ``request_timeout`` and ``max_connections`` are explained in the module docstring;
+    ``log_format`` comes from the ``[log]`` section.
     """
 
     listen: tuple[str, ...] = ("127.0.0.1:9998",)
@@ -107,6 +124,7 @@ class ServerSettings:
     other_states_action: str = "DUNNO"
     unusable_action: str = "451 4.3.0 Policy service cannot evaluate this request"
     idle_timeout: float = 330.0
+    request_timeout: float = 10.0
     max_connections: int = 200
     log_format: str = "text"  # or "json"
 
@@ -271,8 +289,9 @@ def _log_info(logger: logging.Logger, message: str, args: tuple[Any, ...]) -> No
 class _PolicyProtocol(asyncio.Protocol):
     """One connection: bytes to the codec, requests to the server, answers to the peer.
 
-    The idle clock is one timer per connection, not one per read: it fires
-    ``idle_timeout`` after the last bytes arrived, or sets itself again for the rest.
+    Both clocks share one timer per connection, not one per read: it fires at the
+    earlier deadline it knew of when set, and sets itself again if bytes arrived since.
+    Only a request that starts without completing in the same read moves it earlier.
     """
 
     def __init__(self, server: PolicyServer) -> None:
@@ -283,40 +302,51 @@ class _PolicyProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()  # connection_lost
         self._last_data = 0.0
+        self._last_answer = 0.0  # or when connected: the eviction order
+        self._request_started: float | None = None  # first byte of an incomplete request
         self._timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
+        self._paused_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         server = self.server
         self.peer = _peer_name(transport)
         connections = server._connections
-        if server._closing or len(connections) >= server.settings.max_connections:
+        if server._closing:
             server.counters["connections-refused"] += 1
-            log.warning("%s: too many connections (%d); closing", self.peer, len(connections))
             transport.close()
             return
+        if len(connections) >= server.settings.max_connections:
+            min(connections, key=_last_answer).evict(self.peer)
         self.transport = transport
         connections.add(self)
         server.counters["connections"] += 1
-        self._last_data = self._loop.time()
-        self._timer = self._loop.call_later(server.settings.idle_timeout, self._idle)
+        self._last_data = self._last_answer = self._loop.time()
+        self._timer = self._loop.call_at(self._deadline(), self._expire)
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self._last_data = self._loop.time()
+        now = self._last_data = self._loop.time()
         server = self.server
+        codec = self.codec
+        started = self._request_started
         try:
-            requests = self.codec.receive_data(data)
+            requests = codec.receive_data(data)
         except ProtocolError as exc:
             server.counters["protocol-errors"] += 1
             log.warning("%s: protocol error, closing without an answer: %s", self.peer, exc)
             transport.close()
             return
+        if codec.in_request and (requests or started is None):
+            self._start_request(now)  # rare: Postfix writes a whole request at once
+        elif started is not None and not codec.in_request:
+            self._request_started = None
         if not requests:
             return
+        self._last_answer = now
         peer = self.peer
         if len(requests) == 1:
             transport.write(server._answer(requests[0], peer))
@@ -325,6 +355,15 @@ class _PolicyProtocol(asyncio.Protocol):
         if server._closing:
             transport.close()
 
+    def _start_request(self, now: float) -> None:
+        """A request began in this read and is not complete: its deadline may be first."""
+        self._request_started = now
+        deadline = now + self.server.settings.request_timeout
+        timer = self._timer
+        if timer is not None and timer.when() > deadline:
+            timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._expire)
+
     def eof_received(self) -> bool | None:
         if self.codec.in_request:
             log.warning("%s: connection closed in the middle of a request", self.peer)
@@ -332,12 +371,16 @@ class _PolicyProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._paused_at = self._loop.time()
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        # Neither clock ran while this server was not reading.
         self._writing_paused = False
-        self._last_data = self._loop.time()
+        now = self._last_data = self._loop.time()
+        if self._request_started is not None:
+            self._start_request(self._request_started + now - self._paused_at)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -351,21 +394,62 @@ class _PolicyProtocol(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def _idle(self) -> None:
+    def _deadline(self) -> float:
+        """When this connection is closed unless bytes arrive (idle) or a request ends."""
+        settings = self.server.settings
+        deadline = self._last_data + settings.idle_timeout
+        if self._request_started is not None:
+            deadline = min(deadline, self._request_started + settings.request_timeout)
+        return deadline
+
+    def _expire(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        timeout = self.server.settings.idle_timeout
-        left = self._last_data + timeout - self._loop.time()
-        if self._writing_paused or left > 0:
-            self._timer = self._loop.call_later(
-                timeout if self._writing_paused else left, self._idle
-            )
+        now = self._loop.time()
+        if self._writing_paused:  # back-pressure: look again later
+            self._timer = self._loop.call_later(self.server.settings.idle_timeout, self._expire)
             return
-        if self.codec.in_request:
+        deadline = self._deadline()
+        if deadline > now:
+            self._timer = self._loop.call_at(deadline, self._expire)
+            return
+        started = self._request_started
+        if started is not None and started + self.server.settings.request_timeout <= now:
+            self.server.counters["request-timeouts"] += 1
+            log.warning(
+                "%s: request not complete %.0f s after its first byte; closing",
+                self.peer,
+                now - started,
+            )
+        elif self.codec.in_request:
             self.server.counters["protocol-errors"] += 1
             log.warning("%s: client stopped in the middle of a request; closing", self.peer)
         transport.close()
+
+    def evict(self, newcomer: str) -> None:
+        """Make room for ``newcomer``: the server is full and this one waited longest."""
+        server = self.server
+        server._connections.discard(self)
+        server.counters["connections-evicted"] += 1
+        if self._writing_paused:
+            state = "not reading its answers"
+        else:
+            state = "in the middle of a request" if self.codec.in_request else "idle"
+        log.warning(
+            "%s: %d connections open; closing this one (%s, no answer for %.0f s) for %s",
+            self.peer,
+            server.settings.max_connections,
+            state,
+            self._loop.time() - self._last_answer,
+            newcomer,
+        )
+        if self.transport is not None:
+            # A peer that does not read would keep a closing transport open: cut it off.
+            if self._writing_paused:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def close(self) -> None:
         """Close after the answers already written have gone out."""
@@ -375,6 +459,10 @@ class _PolicyProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _last_answer(connection: _PolicyProtocol) -> float:
+    return connection._last_answer
 
 
 def _printable(text: str) -> str:

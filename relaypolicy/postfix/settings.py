@@ -14,6 +14,7 @@ SERVE_KEYS = (
     "accept_action",
     "other_states_action",
     "idle_timeout",
+    "request_timeout",
     "max_connections",
     "control_socket",
 )
@@ -53,5 +54,6 @@ def parse_serve(table: object) -> ServerSettings:
             one_line=True,
         ),
         idle_timeout=section.seconds("idle_timeout", 330.0, low=0.001, high=86400.0),
+        request_timeout=section.seconds("request_timeout", 10.0, low=0.001, high=3600.0),
         max_connections=section.integer("max_connections", 200, low=1, high=1_000_000),
     )

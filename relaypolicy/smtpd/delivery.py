@@ -4,11 +4,15 @@
 control in front of it is :class:`relaypolicy.aiosmtpd.RelayPolicyHandler`, which only lets
 recipients through that the policy accepted.
 
-- A recipient in a local domain (or a domainless ``postmaster``) gets the message in its
-  own Maildir, ``<maildir>/<domain>/<local part>/`` (local part lower-cased; anything but
-  letters, digits and ``_.-~`` percent-encoded, and a leading dot too, so no name can
-  climb out of the tree or pose as a Maildir++ folder), with ``Return-Path`` and
-  ``Delivered-To`` added.
+- A recipient in a local domain (or a domainless ``postmaster``) that is a listed mailbox
+  gets the message in its own Maildir, ``<maildir>/<domain>/<local part>/`` (local part
+  lower-cased; anything but letters, digits and ``_.-~`` percent-encoded, and a leading
+  dot too, so no name can climb out of the tree or pose as a Maildir++ folder), with
+  ``Return-Path`` and ``Delivered-To`` added. Any other local recipient goes to the one
+  catch-all Maildir when there is one, and is refused at RCPT otherwise, in Postfix's
+  words (``local_recipient_maps``): ``550 5.1.1 <rcpt>: Recipient address rejected: User
+  unknown in local recipient table``. So the directories are the configured ones: a
+  client cannot make one per address it invents.
 - Every other accepted recipient is being relayed: with a smarthost the message is
   forwarded to it (plain SMTP, STARTTLS on request) before the client gets its answer,
   so a smarthost that is down or says 4xx becomes ``451 4.4.1`` and the client retries;
@@ -40,7 +44,7 @@ from relaypolicy.address import parse_address
 from relaypolicy.aiosmtpd import tls_facts
 from relaypolicy.domains import DomainSet
 
-__all__ = ["MaildirDelivery", "mailbox_name"]
+__all__ = ["MaildirDelivery", "mailbox_name", "user_unknown"]
 
 log = logging.getLogger("relaypolicy.smtpd")
 SMARTHOST_TIMEOUT = 60.0
@@ -52,6 +56,14 @@ def mailbox_name(text: str) -> str:
     if name.startswith("."):
         name = "%2E" + name[1:]
     return name[:200] or "_"
+
+
+def user_unknown(recipient: str) -> str:
+    """Postfix's refusal of a local address that no mailbox answers to."""
+    return (
+        f"550 5.1.1 <{recipient}>: Recipient address rejected: "
+        "User unknown in local recipient table"
+    )
 
 
 def _header_safe(text: str) -> str:
@@ -70,8 +82,12 @@ class MaildirDelivery:
         hostname: str,
         smarthost: tuple[str, int] | None = None,
         smarthost_starttls: bool = False,
+        mailboxes: Iterable[tuple[str, str]] = (),
+        catch_all: Path | None = None,
     ) -> None:
         self.maildir = Path(maildir)
+        self.mailboxes = frozenset(mailboxes)  # (local part, domain or "" for every one)
+        self.catch_all = None if catch_all is None else Path(catch_all)
         self.outgoing = Path(outgoing)
         self.local_domains = tuple(local_domains)
         self._local = DomainSet(self.local_domains)
@@ -83,11 +99,30 @@ class MaildirDelivery:
         address = parse_address(recipient)
         return not address.domain or address.domain in self._local
 
-    def mailbox_path(self, recipient: str) -> Path:
-        """The Maildir of a local recipient."""
+    def mailbox_path(self, recipient: str) -> Path | None:
+        """The Maildir of a local recipient: its own, the catch-all, or ``None`` (unknown)."""
         address = parse_address(recipient)
         domain = address.domain or (self.local_domains[0] if self.local_domains else "localhost")
-        return self.maildir / mailbox_name(domain) / mailbox_name(address.local_part)
+        local_part = address.local_part.lower()
+        if (local_part, domain) in self.mailboxes or (local_part, "") in self.mailboxes:
+            return self.maildir / mailbox_name(domain) / mailbox_name(local_part)
+        return self.catch_all
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        """Asked after the policy accepted ``address``: refuse a local user we do not have."""
+        if self.is_local(address) and self.mailbox_path(address) is None:
+            log.info("refused <%s>: user unknown in local recipient table", _header_safe(address))
+            return user_unknown(address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
 
     async def handle_EHLO(
         self,
@@ -157,10 +192,13 @@ class MaildirDelivery:
         return str(box.add(message.replace(b"\r\n", b"\n")))
 
     def _deliver(self, message: bytes, sender: str, recipient: str) -> str:
+        directory = self.mailbox_path(recipient)
+        if directory is None:  # handle_RCPT refused it; never make a directory for it
+            raise OSError(f"no mailbox for <{_header_safe(recipient)}>")
         headers = (
             f"Return-Path: <{_header_safe(sender)}>\r\nDelivered-To: {_header_safe(recipient)}\r\n"
         ).encode("ascii")
-        return self._store(self.mailbox_path(recipient), headers + message)
+        return self._store(directory, headers + message)
 
     def _keep(self, message: bytes, sender: str, recipients: list[str], why: str | None) -> str:
         lines = [f"Return-Path: <{_header_safe(sender)}>"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from relaypolicy.aiosmtpd import PasswordAuthenticator, RelayPolicyHandler
+from relaypolicy.aiosmtpd import PasswordAuthenticator, RelayPolicyHandler, WholeReplySMTP
 from relaypolicy.config import Config
 from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
 from relaypolicy.iptable.host import TableHost
@@ -98,6 +98,8 @@ class SmtpdServer:
             hostname=self.hostname,
             smarthost=settings.smarthost,
             smarthost_starttls=settings.smarthost_starttls,
+            mailboxes=settings.mailboxes,
+            catch_all=settings.catch_all,
         )
         self.handler = RelayPolicyHandler(
             self.policy, inner=self.delivery, log_format=config.log.format
@@ -117,8 +119,8 @@ class SmtpdServer:
         self.host = TableHost(self.table, persist=config.pop.persist if config.pop else "")
 
     def smtp(self) -> SMTP:
-        """One aiosmtpd protocol instance (a connection)."""
-        return SMTP(
+        """One aiosmtpd protocol instance (a connection); each reply goes in one write."""
+        return WholeReplySMTP(
             self.handler,
             hostname=self.hostname,
             ident="relaypolicy smtpd",
@@ -156,9 +158,15 @@ class SmtpdServer:
             if self.settings.smarthost
             else f"kept in {self.settings.outgoing}/"
         )
+        unknown = (
+            f"other local addresses to {self.settings.catch_all}/"
+            if self.settings.catch_all is not None
+            else "other local addresses refused"
+        )
         return (
-            f"local domains {', '.join(self.config.local_domains) or '(none)'} delivered to "
-            f"{self.settings.maildir}/<domain>/<user>/; relayed mail {relay}; "
+            f"local domains {', '.join(self.config.local_domains) or '(none)'}: "
+            f"{len(self.settings.mailboxes)} mailbox(es) delivered to "
+            f"{self.settings.maildir}/<domain>/<user>/, {unknown}; relayed mail {relay}; "
             f"STARTTLS {'on' if self.tls_context else 'off'}; "
             f"AUTH {'on' if self.authenticator else 'off'}"
         )

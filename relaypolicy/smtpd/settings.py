@@ -17,7 +17,9 @@ from typing import Any
 
 import attrs
 
+from relaypolicy.address import parse_address
 from relaypolicy.config import Config, ConfigError, parse_config, read_toml
+from relaypolicy.domains import DomainSet
 
 __all__ = ["DEFAULT_TOML", "SmtpdSettings", "load_smtpd_config", "parse_listen", "parse_smtpd"]
 
@@ -36,6 +38,7 @@ steps = ["trusted_networks", "sasl_permit", "local_domains"]
 listen = ["127.0.0.1:8025"]
 hostname = "localhost"
 maildir = "maildirs"
+mailboxes = ["user@localhost", "postmaster"]
 outgoing = "outgoing"
 """
 
@@ -43,6 +46,8 @@ _KEYS = {
     "listen",
     "hostname",
     "maildir",
+    "mailboxes",
+    "catch_all",
     "outgoing",
     "smarthost",
     "smarthost_starttls",
@@ -75,6 +80,11 @@ class SmtpdSettings:
     listen: tuple[str, ...] = ("127.0.0.1:8025",)
     hostname: str = ""  # empty: the machine's fully-qualified name
     maildir: Path = Path("maildirs")  # local mail: <maildir>/<domain>/<local part>/
+    # The local recipient table: (local part, domain) in lower case, domain "" for a
+    # local part at every local domain. Anything else local goes to catch_all, or is
+    # refused (550 5.1.1) without one.
+    mailboxes: frozenset[tuple[str, str]] = frozenset()
+    catch_all: Path | None = None
     outgoing: Path = Path("outgoing")  # relayed mail, when there is no smarthost
     smarthost: tuple[str, int] | None = None
     smarthost_starttls: bool = False
@@ -102,6 +112,24 @@ def _get(table: Mapping[str, Any], key: str, kind: type, expected: str, default:
 def _path(table: Mapping[str, Any], key: str) -> Path | None:
     value = _get(table, key, str, "a path", None)
     return Path(value) if value else None
+
+
+def _mailboxes(table: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """``smtpd.mailboxes``: ``"user@example.org"``, or ``"postmaster"`` for every domain."""
+    entries = _get(table, "mailboxes", list, "a list of addresses", [])
+    keys: set[tuple[str, str]] = set()
+    for index, entry in enumerate(entries):
+        key = f"smtpd.mailboxes[{index}]"
+        if not isinstance(entry, str):
+            raise ConfigError(f'{key}: expected an address ("user@example.org"), got {entry!r}')
+        address = parse_address(entry)
+        if not address.valid or not address.local_part or entry.startswith(("@", "<")):
+            why = address.error or "expected user@domain or a bare local part"
+            raise ConfigError(f"{key}: {entry!r} is not a mailbox address: {why}")
+        if address.routed:
+            raise ConfigError(f"{key}: {entry!r} routes mail elsewhere (%, !, @)")
+        keys.add((address.local_part.lower(), address.domain))
+    return frozenset(keys)
 
 
 def parse_smtpd(table: Any) -> SmtpdSettings:
@@ -141,6 +169,8 @@ def parse_smtpd(table: Any) -> SmtpdSettings:
         listen=tuple(listen),
         hostname=_get(table, "hostname", str, "a host name", ""),
         maildir=_path(table, "maildir") or Path("maildirs"),
+        mailboxes=_mailboxes(table),
+        catch_all=_path(table, "catch_all"),
         outgoing=_path(table, "outgoing") or Path("outgoing"),
         smarthost=relay,
         smarthost_starttls=_get(table, "smarthost_starttls", bool, "true or false", False),
@@ -167,4 +197,22 @@ def load_smtpd_config(path: str | Path | None) -> tuple[Config, SmtpdSettings]:
             f"{source}: smtp_auth.require_tls needs smtpd.tls_certificate and smtpd.tls_key "
             "(AUTH would never be possible)"
         )
+    _check_mailboxes(settings, config, source)
     return config, settings
+
+
+def _check_mailboxes(settings: SmtpdSettings, config: Config, source: str) -> None:
+    """Every listed mailbox is in a local domain, and local domains have mailboxes."""
+    local = DomainSet(config.local_domains)
+    for local_part, domain in sorted(settings.mailboxes):
+        if domain and domain not in local:
+            raise ConfigError(
+                f"{source}: smtpd.mailboxes: {local_part}@{domain}: {domain} is not in "
+                "domains.local"
+            )
+    if config.local_domains and not settings.mailboxes and settings.catch_all is None:
+        raise ConfigError(
+            f"{source}: smtpd.mailboxes: mail for {config.local_domains[0]} needs mailboxes: "
+            'list them (mailboxes = ["user@example.org", "postmaster"]) or name one Maildir '
+            'for every local address (catch_all = "maildirs/catch-all")'
+        )
