@@ -53,8 +53,8 @@ _T = TypeVar("_T")
 def _idna(function: Callable[[str], _T], text: str, why: str) -> _T:
     """``function(text)`` for an ``idna`` function; any failure is a :class:`DomainError`.
 
-    ``idna`` documents :class:`idna.IDNAError` (a :class:`UnicodeError`), and some versions
-    let a bare :class:`ValueError` out of the CONTEXTJ rules; both are ``ValueError``. The
+    ``idna`` raises :class:`idna.IDNAError` (a :class:`UnicodeError`) and documents a bare
+    :class:`ValueError` from its CONTEXTJ helper; catching ``ValueError`` covers both. The
     message starts with ``why`` and ends with idna's own reason.
     """
     try:

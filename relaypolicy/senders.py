@@ -96,6 +96,8 @@ class SenderOwnership:
 
     Build it with :meth:`from_sender_logins` (sender -> logins) or
     :meth:`from_bound_senders` (login -> senders); ask :meth:`owns`. Immutable once built.
+    The constructor takes the compiled form: :func:`sender_key` keys (addresses and bare
+    domains apart) and login names already in :func:`login_key` form.
     """
 
     __slots__ = ("_by_address", "_by_domain", "logins")
@@ -180,7 +182,7 @@ class SenderOwnership:
         return cls(
             {key: frozenset(names) for key, names in by_address.items()},
             {key: frozenset(names) for key, names in by_domain.items()},
-            seen,
+            seen.keys(),  # logins bound to nothing are known too
         )
 
     def owners(self, sender: Address) -> frozenset[str] | None:
