@@ -7,7 +7,12 @@ angle brackets, perhaps with a source route) or in Postfix's unquoted internal f
 (``user@other@local``, as a policy service receives it). Either way we answer three
 questions, once, when the request is built:
 
-1. Is it syntactically acceptable? If not, the reply is ``501 5.1.3``.
+1. Is it syntactically acceptable? If not, the reply is ``501 5.1.3``. Besides RFC 5321's
+   grammar, a local part that starts with ``-`` once dequoted (``-user@dom``,
+   ``"-user"@dom``) is refused, as Postfix's smtpd does with its default
+   ``allow_min_user = no``: a delivery agent handed ``-oQ/tmp`` on a command line could
+   take it for an option. A domain that UTS 46 cannot map is bad syntax too
+   (:mod:`relaypolicy.domains`).
 2. What is the destination? The domain after the last ``@`` outside quotes, in canonical
    form (:mod:`relaypolicy.domains`); ``""`` when there is none. A source route
    (``@a,@b:user@dom``) is dropped: RFC 5321 section 4.1.1.3 lets a server ignore it, so
@@ -102,6 +107,7 @@ def parse_address(text: str) -> Address:
     if (
         at
         and local
+        and local[0] != "-"
         and domain
         and len(local) <= MAX_LOCAL_PART_OCTETS
         and ((local.isalnum() and local.isascii()) or _ATEXT_CHARS.issuperset(local))
@@ -208,6 +214,8 @@ def _parse_tokens(text: str, path: str) -> Address:
     local_text = "".join(local_tokens)
     if _octets(local_text) > MAX_LOCAL_PART_OCTETS:
         return _bad(text, f"local part longer than {MAX_LOCAL_PART_OCTETS} octets")
+    if local[:1] == "-":
+        return _bad(text, "local part starts with '-' (Postfix: allow_min_user = no)")
     routed = "@" in local or "%" in local or "!" in local
 
     if domain_text is None:

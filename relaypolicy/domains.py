@@ -9,7 +9,12 @@ UTS 46 *ignores* some invisible code points (zero-width space, soft hyphen, vari
 selectors): plain ``idna.encode("lo\\u200bcal.jp", uts46=True)`` gives ``local.jp``. A
 stranger could hide such a character in a recipient so that one program sees a foreign
 domain and another sees ours, so we refuse any domain containing one instead of mapping it
-away.
+away. UTS 46 *disallows* others outright (U+2024 ONE DOT LEADER, the parenthesised and
+full-stop digits U+2488..249B, U+FFFD, ...); ``idna`` raises for them, and so do we, with a
+:class:`DomainError` naming the code point. Every call into ``idna`` turns its failures
+(all ``ValueError``) into :class:`DomainError`, so nothing else escapes: a recipient whose
+domain cannot be mapped is bad syntax (``501 5.1.3``, as Postfix answers), a configured
+one a clear error, never a crash.
 
 Address literals (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``) are kept in a canonical form of
 their own (``[192.0.2.1]``, ``[ipv6:2001:db8::1]``) so they can be listed among the local
@@ -20,8 +25,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import TypeVar
 
 import idna
 
@@ -38,6 +44,22 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _DIGITS = re.compile(r"[0-9]+")
 
 
+_T = TypeVar("_T")
+
+
+def _idna(function: Callable[[str], _T], text: str, why: str) -> _T:
+    """``function(text)`` for an ``idna`` function; any failure is a :class:`DomainError`.
+
+    ``idna`` raises :class:`idna.IDNAError` (a :class:`UnicodeError`) and documents a bare
+    :class:`ValueError` from its CONTEXTJ helper; catching ``ValueError`` covers both. The
+    message starts with ``why`` and ends with idna's own reason.
+    """
+    try:
+        return function(text)
+    except ValueError as exc:
+        raise DomainError(f"{why}: {exc}") from None
+
+
 def _check_ascii(domain: str, original: str) -> str:
     if len(domain) > MAX_DOMAIN_OCTETS:
         raise DomainError(f"domain longer than {MAX_DOMAIN_OCTETS} octets")
@@ -50,12 +72,10 @@ def _check_ascii(domain: str, original: str) -> str:
         if not _LABEL.fullmatch(label):
             raise DomainError(f"invalid character in domain label {label!r}")
         if label.startswith("xn--"):
-            try:
-                unicode_label = idna.decode(label)
-                if idna.encode(unicode_label).decode("ascii") != label:
-                    raise DomainError(f"non-canonical A-label {label!r}")
-            except idna.IDNAError as exc:
-                raise DomainError(f"invalid A-label {label!r}: {exc}") from None
+            why = f"invalid A-label {label!r}"
+            reencoded = _idna(idna.encode, _idna(idna.decode, label, why), why)
+            if reencoded != label.encode("ascii"):
+                raise DomainError(f"non-canonical A-label {label!r}")
         elif label[2:4] == "--":
             # RFC 5891 section 4.2.3.1: "??--" labels are reserved for A-labels.
             raise DomainError(f"reserved label {label!r}")
@@ -65,11 +85,24 @@ def _check_ascii(domain: str, original: str) -> str:
     return domain
 
 
-def _invisible(char: str) -> bool:
+def _remap(text: str) -> str:
+    # UTS 46 mapping without the STD3 ASCII rules (_check_ascii applies RFC 5321's own).
+    return idna.uts46_remap(text, std3_rules=False, transitional=False)
+
+
+def _check_char(char: str, original: str) -> None:
+    """Refuse a non-ASCII code point that UTS 46 ignores or disallows, or that is invisible."""
     category = unicodedata.category(char)
-    if category[0] in "CZ":  # controls, format, unassigned, private use, separators
-        return True
-    return idna.uts46_remap(char, std3_rules=False, transitional=False) == ""
+    if category[0] in "CZ":  # controls, format, unassigned, private use, surrogates, spaces
+        raise DomainError(f"invisible or control character U+{ord(char):04X} in domain")
+    try:
+        mapped = _remap(char)
+    except ValueError:  # idna.InvalidCodepoint: UTS 46 disallows it
+        raise DomainError(
+            f"code point U+{ord(char):04X} in {original!r} is not allowed in a domain name (UTS 46)"
+        ) from None
+    if mapped == "":
+        raise DomainError(f"invisible or control character U+{ord(char):04X} in domain")
 
 
 @lru_cache(maxsize=8192)
@@ -77,7 +110,9 @@ def normalize_domain(text: str) -> str:
     """The canonical form of a domain name, or :class:`DomainError`.
 
     One trailing dot is ignored. Address literals are not domains: use
-    :func:`normalize_literal`.
+    :func:`normalize_literal`. Any string is either mapped or refused with
+    :class:`DomainError` (lone surrogates, unassigned and UTS 46-disallowed code points
+    included); nothing else is raised.
     """
     domain = text[:-1] if text.endswith(".") else text
     if not domain:
@@ -85,23 +120,17 @@ def normalize_domain(text: str) -> str:
     if domain.isascii():
         return _check_ascii(domain.lower(), text)
     for char in domain:
-        if not char.isascii() and _invisible(char):
-            raise DomainError(f"invisible or control character U+{ord(char):04X} in domain")
+        if not char.isascii():
+            _check_char(char, text)
     lowered = domain.lower()
-    try:
-        mapped = idna.uts46_remap(lowered, std3_rules=False, transitional=False)
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise DomainError(f"invalid internationalised domain: {exc}") from None
+    mapped = _idna(_remap, lowered, "invalid internationalised domain")
     if mapped != lowered:
         # UTS 46 would fold this name onto another (full-width letters, "。" for ".",
         # circled letters, decomposed accents). An MTA that only folds case sees a
         # different domain, so two programs would disagree about whether it is ours.
         raise DomainError("domain is not in normal form (UTS 46 would change it)")
-    try:
-        encoded = idna.encode(mapped, uts46=False).decode("ascii")
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise DomainError(f"invalid internationalised domain: {exc}") from None
-    return _check_ascii(encoded, text)
+    encoded = _idna(idna.encode, mapped, "invalid internationalised domain")
+    return _check_ascii(encoded.decode("ascii"), text)
 
 
 @lru_cache(maxsize=1024)

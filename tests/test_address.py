@@ -10,9 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relaypolicy import LocalDomainOnly, Request, Verdict, parse_address
+from relaypolicy import (
+    FirstMatch,
+    LocalDomainOnly,
+    Request,
+    TrustedNetworks,
+    Verdict,
+    parse_address,
+)
 from relaypolicy import address as address_module
 from relaypolicy.address import _parse_slow
+from relaypolicy.testing.strategies import hostile_recipients, unicode_text
 
 LOCAL = ["local.test", "xn--r8jz45g.jp", "[192.0.2.1]", "[IPv6:2001:db8::1]"]
 RELAY = ["relay.test"]
@@ -67,6 +75,28 @@ CASES: list[tuple[str, Verdict, str]] = [
     ("@local.test:user%aho.jp@local.test", R, "routing"),
     ("@local.test", R, "syntax"),
     ("@local.test:", R, "syntax"),
+    # Junk in the hops is ignored with the route, as Postfix 3.7 does (checked against it
+    # in test_postfix_differential.py): RFC 5321 lets a server ignore the whole route.
+    ("<@a,b:user@local.test>", A, "local"),
+    ('<@"a":user@local.test>', A, "local"),
+    ('@a,@"b":user@local.test', A, "local"),
+    ("@a b:user@local.test", A, "local"),
+    ("@a,b:user@aho.jp", R, "not-local"),
+    ('@"a:b":user@local.test', R, "syntax"),  # the route ends at the first ":"
+    ("@a:b,c:user@local.test", R, "syntax"),
+    # A local part that starts with "-" once dequoted: Postfix allow_min_user = no.
+    ("-user@local.test", R, "syntax"),
+    ("-@local.test", R, "syntax"),
+    ('"-user"@local.test', R, "syntax"),
+    ('"\\-user"@local.test', R, "syntax"),
+    ("<-user@local.test>", R, "syntax"),
+    ("@local.test:-user@local.test", R, "syntax"),
+    ("-user", R, "syntax"),
+    ("-user@aho.jp", R, "syntax"),
+    ("-user%aho.jp@local.test", R, "syntax"),
+    ("user-@local.test", A, "local"),
+    ("a-b@local.test", A, "local"),
+    ('" -user"@local.test', A, "local"),
     # Internationalised domains: U-labels and A-labels are one domain.
     ("user@例え.jp", A, "local"),
     ("user@xn--r8jz45g.jp", A, "local"),
@@ -251,6 +281,8 @@ def test_error_says_why() -> None:
     assert "control character" in (parse_address("a\x00@b.example").error or "")
     assert "longer than 64" in (parse_address("u" * 65 + "@b.example").error or "")
     assert "nothing after" in (parse_address("user@").error or "")
+    assert "starts with '-'" in (parse_address('"-x"@b.example').error or "")
+    assert "U+2024" in (parse_address("user@ex\u2024ample.org").error or "")
 
 
 # The fast path (one partition, a cached domain) must agree with the full scanner on
@@ -279,3 +311,65 @@ def test_domain_cache_is_bounded_and_never_holds_a_bad_domain() -> None:
     assert "a..b" not in address_module._canonical
     assert parse_address("u@Example.ORG.").domain == "example.org"
     assert address_module._canonical["Example.ORG."] == "example.org"
+
+
+# Any string at all: the whole Unicode range, lone surrogates, unassigned and private-use
+# code points, and the visible characters UTS 46 disallows (U+2024, ...).
+ANY_TEXT = st.one_of(
+    st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=60),
+    unicode_text(max_size=60),  # the same range, weighted towards the troublesome ones
+)
+LAW_LOCAL = ["local.test", "例え.jp"]
+LAW_CHAIN = FirstMatch(TrustedNetworks(["192.0.2.0/24"]), LocalDomainOnly(LAW_LOCAL))
+# Every spelling of a local domain once case is folded: what "really local" means here.
+LAW_SPELLINGS = {"local.test", "例え.jp", "xn--r8jz45g.jp"}
+
+
+def _really_local(recipient: str) -> bool:
+    """Read the recipient with no help from relaypolicy's parser: one pair of angle
+    brackets and a source route are dropped, the domain after the last "@" (one trailing
+    dot ignored) must be a local spelling and the local part must ask for no routing."""
+    mailbox = recipient[1:-1] if recipient[:1] == "<" and recipient[-1:] == ">" else recipient
+    if mailbox[:1] == "@":
+        mailbox = mailbox.partition(":")[2]
+    local, at, domain = mailbox.rpartition("@")
+    if not at:
+        return mailbox.lower() == "postmaster"
+    domain = domain[:-1] if domain.endswith(".") else domain
+    return domain.lower() in LAW_SPELLINGS and not any(c in local for c in "@%!")
+
+
+def _check_law(recipient: str, sender: str) -> None:
+    request = Request(client_address="203.0.113.7", recipient=recipient, sender=sender)
+    assert request.recipient_address.text == recipient
+    decision = LAW_CHAIN.check(request)
+    str(decision)
+    if decision.verdict is Verdict.ACCEPT:
+        assert decision.policy == "LocalDomainOnly"
+        assert _really_local(recipient), (recipient, request.recipient_address)
+    elif decision.reason == "syntax":
+        address = request.recipient_address
+        assert address.error is not None or address.is_null
+
+
+@settings(max_examples=1000, deadline=None)
+@given(recipient=ANY_TEXT, sender=ANY_TEXT)
+def test_any_string_is_analysed_never_raised(recipient: str, sender: str) -> None:
+    _check_law(recipient, sender)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(recipient=hostile_recipients(LAW_LOCAL), sender=unicode_text())
+def test_only_a_local_domain_is_accepted_as_local(recipient: str, sender: str) -> None:
+    _check_law(recipient, sender)
+
+
+def test_the_law_accepts_and_refuses() -> None:
+    # The oracle itself, on both sides, so the laws above cannot pass vacuously.
+    for recipient in ("user@local.test", "<user@例え.JP.>", "@x:user@xn--r8jz45g.jp"):
+        assert _really_local(recipient)
+        _check_law(recipient, "")
+        assert LAW_CHAIN.check(Request(client_address="203.0.113.7", recipient=recipient))[0] is A
+    for recipient in ("user@ex\u2024ample.org", "user@lo\u2024cal.test", "a%b@local.test"):
+        assert not _really_local(recipient)
+        _check_law(recipient, "")

@@ -151,7 +151,7 @@ def test_defaults_build_a_safe_chain() -> None:
         ),
         (
             "[domains]\nlocal = ['x.test']\n[smtp_auth.sender_logins]\n'nodomain' = ['a']\n",
-            "sender_logins: key 'nodomain' has no domain",
+            "sender_logins['nodomain']: no domain; use user@domain or @domain",
         ),
         (
             "[domains]\nlocal = ['x.test']\n[chain]\nsteps = ['client_certificate']\n",

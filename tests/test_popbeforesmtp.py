@@ -210,7 +210,9 @@ def test_binding_callable_may_answer_none(table: ExpiringIpTable) -> None:
 @pytest.mark.parametrize(
     ("binding", "message"),
     [
-        ({"alice": ["example.org"]}, "expected user@domain or @domain"),
+        ({"alice": ["example.org"]}, r"bind_sender\['alice'\]: 'example.org': no domain"),
+        ({"Bob": ["bob@example.org"], "bob": []}, "'Bob' and 'bob' are the same login"),
+        ({5: ["bob@example.org"]}, "login names must be str"),
         ({"alice": ["@"]}, "'@'"),
         ({"alice": ["@exa mple.org"]}, "'@exa mple.org'"),
         ({"alice": ["alice@"]}, "'alice@'"),

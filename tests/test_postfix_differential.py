@@ -128,6 +128,13 @@ CORPUS: list[Case] = [Case(r) for r in [
     "@:user@local.test",
     "@a:b:user@local.test",
     '@aho.jp:"postmaster"',
+    # Junk in the hops: Postfix ignores the route with it, and so do we.
+    "@a,b:user@local.test",
+    '@"a":user@local.test',
+    '@a,@"b":user@local.test',
+    "@a b:user@local.test",
+    "@a,b:user@aho.jp",
+    '@"a:b":user@local.test',
     # Address literals and bare addresses.
     "user@[127.0.0.1]",
     "user@[IPv6:::1]",
@@ -191,6 +198,17 @@ CORPUS: list[Case] = [Case(r) for r in [
     "user@local.test,user@aho.jp",
     "user@local.test;",
     "user@other-local.test%local.test",
+    # A local part starting with "-" once dequoted (Postfix: allow_min_user = no).
+    "-user@local.test",
+    "-@local.test",
+    '"-user"@local.test',
+    '"\\-user"@local.test',
+    "<-user@local.test>",
+    "@local.test:-user@local.test",
+    "-user",
+    "-user@aho.jp",
+    "user-@local.test",
+    '" -user"@local.test',
     # Lengths (RFC 5321 section 4.5.3.1).
     "u" * 64 + "@local.test",
     "u" * 65 + "@local.test",
@@ -220,6 +238,12 @@ CORPUS: list[Case] = [Case(r) for r in [
     "user@例え.ｊｐ",
     "user@ⓛocal.test",
     "user@bu\u0308cher.test",  # decomposed (NFD) "ü"
+    # Code points UTS 46 disallows: Postfix cannot map the domain (501), nor can we.
+    "user@lo\u2024cal.test",  # ONE DOT LEADER
+    "user@\u2488local.test",  # DIGIT ONE FULL STOP
+    "user@例え\u2024jp",
+    "user@local.test\ufe12",  # PRESENTATION FORM FOR VERTICAL IDEOGRAPHIC FULL STOP
+    "user@local.test\ufffd",  # REPLACEMENT CHARACTER
 ]]
 
 # nmap's smtp-open-relay.nse, its 16 MAIL FROM / RCPT TO probes, with DOMAIN = local.test
@@ -416,6 +440,22 @@ def test_documented_code_differences_still_hold(outcomes: list[Outcome]) -> None
     ]
     if stale:
         pytest.fail(table(stale, "EXPECTED_OTHER_CODE entries that no longer hold:"), pytrace=False)
+
+
+@pytest.mark.real
+def test_postfix_syntax_refusals_are_ours_too(outcomes: list[Outcome]) -> None:
+    """Where Postfix answers 501 (bad syntax), relaypolicy does too, unless the code
+    difference is listed in EXPECTED_OTHER_CODE: a 554 where Postfix says 501 would mean
+    relaypolicy read a destination into an address Postfix cannot parse."""
+    looser = [
+        o
+        for o in outcomes
+        if o.postfix.code == 501
+        and o.relaypolicy.code != 501
+        and o.case.recipient not in EXPECTED_OTHER_CODE
+    ]
+    if looser:
+        pytest.fail(table(looser, "Postfix 501, relaypolicy not:"), pytrace=False)
 
 
 def test_every_difference_is_documented() -> None:

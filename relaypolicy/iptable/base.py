@@ -1,7 +1,9 @@
 """What an IP table is: the protocol the POP-before-SMTP policy reads through.
 
 The in-memory :class:`~relaypolicy.iptable.memory.ExpiringIpTable` is the embedded
-default; a shared table for a fleet of MTAs (Redis, later) implements the same protocol.
+default; the table a fleet of MTAs shares through Redis
+(:class:`relaypolicy.fleet.ReplicaTable`, a local copy that follows Redis) implements the
+same protocol.
 Nothing needs to inherit from these classes: any object of this shape will do.
 """
 

@@ -14,12 +14,11 @@ Both policies trust what the MTA reports (``sasl_username``, ``encryption_protoc
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
-from relaypolicy.address import Address, parse_address
-from relaypolicy.domains import DomainError, normalize_destination
+from relaypolicy.address import Address
 from relaypolicy.model import Decision, Request, Verdict, accept, defer, next_policy, reject
+from relaypolicy.senders import SenderForm, SenderOwnership, sender_form
 
 __all__ = ["ClientCertificate", "SmtpAuthRequired"]
 
@@ -27,7 +26,7 @@ MAX_LOGIN_IN_REPLY = 64  # characters of a login name echoed in a reply, before 
 
 _new = tuple.__new__
 _REJECT = Verdict.REJECT
-_OWNER_SEPARATORS = re.compile(r"[\s,]+")  # Postfix splits a map value at commas and spaces
+_NO_OWNERS = SenderOwnership({}, {})  # check_sender without sender_logins: nobody owns anything
 
 
 def _echo(address: str) -> str:
@@ -57,39 +56,6 @@ def reply_safe(text: str, limit: int = MAX_LOGIN_IN_REPLY) -> str:
     return "".join(char if " " <= char <= "~" else "?" for char in text)
 
 
-def _owners(key: str, value: str | Iterable[str]) -> frozenset[str]:
-    names = _OWNER_SEPARATORS.split(value) if isinstance(value, str) else value
-    logins: set[str] = set()
-    for name in names:
-        if not isinstance(name, str):
-            raise TypeError(f"sender_logins[{key!r}]: login names must be str, not {name!r}")
-        login = name.strip()
-        if login:
-            logins.add(login.casefold())
-    if not logins:
-        raise ValueError(f"sender_logins[{key!r}]: no login names")
-    return frozenset(logins)
-
-
-def _sender_key(key: str) -> tuple[str, bool]:
-    """The lookup form of a ``sender_logins`` key and whether it is a whole domain."""
-    if not isinstance(key, str):
-        raise TypeError(f"sender_logins: keys must be str, not {key!r}")
-    text = key.strip()
-    if text.startswith("@"):
-        try:
-            return normalize_destination(text[1:]), True
-        except DomainError as exc:
-            raise ValueError(f"sender_logins: bad domain in key {key!r}: {exc}") from None
-    address = parse_address(text)
-    if address.error is not None or address.is_null:
-        why = address.error or "empty address"
-        raise ValueError(f"sender_logins: bad key {key!r}: {why}; use user@domain or @domain")
-    if not address.domain:
-        raise ValueError(f"sender_logins: key {key!r} has no domain; use user@domain or @domain")
-    return f"{address.local_part.casefold()}@{address.domain}", False
-
-
 class SmtpAuthRequired:
     """ACCEPT an authenticated client (SMTP AUTH, RFC 4954); refuse or pass the others.
 
@@ -113,9 +79,8 @@ class SmtpAuthRequired:
 
     __slots__ = (
         "_accept",
-        "_by_address",
-        "_by_domain",
         "_next",
+        "_ownership",
         "_refuse",
         "_require_tls",
         "_sender_syntax",
@@ -153,32 +118,16 @@ class SmtpAuthRequired:
         self._sender_syntax = reject(
             501, "5.1.7", "Bad sender address syntax", name, "sender-syntax"
         )
-        self._by_address: dict[str, frozenset[str]] | None = None
-        self._by_domain: dict[str, frozenset[str]] = {}
+        self._ownership: SenderOwnership | None = None
         if sender_logins is not None:
-            self._load_sender_logins(sender_logins)
-
-    def _load_sender_logins(self, sender_logins: Mapping[str, str | Iterable[str]]) -> None:
-        if not isinstance(sender_logins, Mapping):
-            raise TypeError("sender_logins must be a mapping of address -> login names")
-        if not sender_logins:
-            raise ValueError(
-                "sender_logins is empty: every authenticated sender would be refused; "
-                "pass None to leave senders unchecked"
-            )
-        by_address: dict[str, frozenset[str]] = {}
-        seen: dict[str, str] = {}
-        for key, value in sender_logins.items():
-            lookup, whole_domain = _sender_key(key)
-            table = self._by_domain if whole_domain else by_address
-            marked = ("@" if whole_domain else "") + lookup
-            if marked in seen:
+            if not isinstance(sender_logins, Mapping):
+                raise TypeError("sender_logins must be a mapping of address -> login names")
+            if not sender_logins:
                 raise ValueError(
-                    f"sender_logins: keys {seen[marked]!r} and {key!r} are the same address"
+                    "sender_logins is empty: every authenticated sender would be refused; "
+                    "pass None to leave senders unchecked"
                 )
-            seen[marked] = key
-            table[lookup] = _owners(key, value)
-        self._by_address = by_address
+            self._ownership = SenderOwnership.from_sender_logins(sender_logins)
 
     @property
     def require_tls(self) -> bool:
@@ -186,42 +135,33 @@ class SmtpAuthRequired:
 
     @property
     def sender_logins(self) -> dict[str, frozenset[str]] | None:
-        """The ownership table in lookup form (``user@domain`` / ``@domain`` -> logins)."""
-        if self._by_address is None:
-            return None
-        table = dict(self._by_address)
-        table.update({f"@{domain}": logins for domain, logins in self._by_domain.items()})
-        return table
+        """The ownership table in lookup form (``user@domain`` / ``@domain`` -> logins,
+        casefolded; see :mod:`relaypolicy.senders`)."""
+        return None if self._ownership is None else self._ownership.as_table()
 
     def check(self, request: Request) -> Decision:
         if request.sasl_username:
             if self._require_tls and not request.encryption_protocol:
                 return self._tls_required
-            if self._by_address is None:
+            if self._ownership is None:
                 return self._accept
             return self.check_sender(request)
         if self._refuse is not None:
             if self._require_tls and not request.encryption_protocol:
                 return self._tls_required  # STARTTLS first, then AUTH
             return self._refuse
-        if self._by_address is None:
+        if self._ownership is None:
             return self._next
         return self.check_sender(request)
 
     def owners(self, sender: Address) -> frozenset[str] | None:
-        """The login names that own a (valid, non-null) sender, or ``None`` when unlisted.
+        """The login names (casefolded) that own a valid sender, or ``None`` when unlisted.
 
-        ``user@domain`` is looked up first, then ``@domain``. The domain is compared in
-        canonical form; the local part case-insensitively (``str.casefold``), as Postfix's
-        table lookups lowercase the address.
+        The rules are :mod:`relaypolicy.senders`' (shared with ``PopBeforeSmtp``'s
+        ``bind_sender``): ``user@domain`` first, then ``@domain``; the domain compared in
+        canonical form, the local part and the login names with ``str.casefold``.
         """
-        domain = sender.domain
-        by_address = self._by_address
-        if by_address:
-            owners = by_address.get(f"{sender.local_part.casefold()}@{domain}")
-            if owners is not None:
-                return owners
-        return self._by_domain.get(domain)
+        return None if self._ownership is None else self._ownership.owners(sender)
 
     def check_sender(self, request: Request) -> Decision:
         """Sender ownership, like Postfix ``reject_sender_login_mismatch``.
@@ -236,18 +176,20 @@ class SmtpAuthRequired:
           own domain later, and with it a sender we cannot see here.
         - Logged in, and the login is not among the sender's owners (or the sender has no
           owner at all): ``553 5.7.1 <sender>: Sender address rejected: not owned by user
-          NAME`` (reason ``sender-not-owned``). Login names compare case-insensitively.
+          NAME`` (reason ``sender-not-owned``). Login names, local parts and domains
+          compare as :mod:`relaypolicy.senders` says (``str.casefold``, canonical domain).
         - Not logged in, and the sender has an owner: ``553 5.7.1 <sender>: Sender address
           rejected: not logged in`` (reason ``sender-not-logged-in``).
         """
         sender = request.sender_address
         login = request.sasl_username
         passed = self._accept if login else (self._refuse or self._next)
-        if sender.error is not None:
+        form = sender_form(sender)
+        if form is SenderForm.INVALID:
             return self._sender_syntax
-        if not sender.domain:
-            if not sender.local_part:
-                return passed  # the null sender
+        if form is SenderForm.NULL:
+            return passed
+        if form is SenderForm.UNQUALIFIED:
             return _new(
                 Decision,
                 (
@@ -259,22 +201,22 @@ class SmtpAuthRequired:
                     "sender-not-fqdn",
                 ),
             )
-        owners = self.owners(sender)
+        ownership = _NO_OWNERS if self._ownership is None else self._ownership
         if login:
-            if owners is not None and (login in owners or login.casefold() in owners):
+            if ownership.owns(login, sender):
                 return passed
             text = (
                 f"{_echo(request.sender)}Sender address rejected: "
                 f"not owned by user {reply_safe(login)}"
             )
             return _new(Decision, (_REJECT, 553, "5.7.1", text, self.name, "sender-not-owned"))
-        if owners is None:
+        if ownership.owners(sender) is None:
             return passed
         text = f"{_echo(request.sender)}Sender address rejected: not logged in"
         return _new(Decision, (_REJECT, 553, "5.7.1", text, self.name, "sender-not-logged-in"))
 
     def __repr__(self) -> str:
-        logins = "None" if self._by_address is None else f"<{len(self.sender_logins or ())}>"
+        logins = "None" if self._ownership is None else f"<{len(self._ownership)}>"
         return (
             f"SmtpAuthRequired(require_tls={self._require_tls}, sender_logins={logins}, "
             f"otherwise={self.otherwise!r})"

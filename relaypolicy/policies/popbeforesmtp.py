@@ -1,22 +1,22 @@
 """POP-before-SMTP: a client that logged in to POP3/IMAP recently may relay for a while.
 
-A watcher (a log follower, later) records the address of every successful POP3/IMAP login
-in an :class:`~relaypolicy.iptable.IpTable`; this policy accepts a client whose address
-has a live entry there. With ``bind_sender``, a client may relay only with a sender that
-belongs to the user who logged in from its address, which limits what a stranger behind
-the same NAT address can do. ``docs/pop-before-smtp.md`` tells the whole story, and the
-weaknesses.
+A watcher (:mod:`relaypolicy.watch`, ``relaypolicy watch`` or the one inside
+``relaypolicy serve``, following Dovecot's or another server's login log) records the
+address of every successful POP3/IMAP login in an :class:`~relaypolicy.iptable.IpTable`;
+this policy accepts a client whose address has a live entry there. With ``bind_sender``,
+a client may relay only with a sender that belongs to the user who logged in from its
+address, which limits what a stranger behind the same NAT address can do.
+``docs/pop-before-smtp.md`` tells the whole story, and the weaknesses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple, TypeAlias
+from typing import TypeAlias
 
-from relaypolicy.address import Address, parse_address
-from relaypolicy.domains import DomainError, normalize_domain
 from relaypolicy.iptable.base import IpTable
 from relaypolicy.model import Decision, Request, accept, defer, next_policy
+from relaypolicy.senders import SenderForm, SenderOwnership, sender_form
 
 __all__ = ["PopBeforeSmtp", "SenderBinding"]
 
@@ -25,34 +25,8 @@ SenderBinding: TypeAlias = (
 )
 """Login name -> the senders that user may use: addresses (``alice@example.org``) and
 whole domains (``@example.org``). A mapping is read once, at construction; a callable is
-asked on every bound check (return ``None`` or ``()`` for "none")."""
-
-
-class _Allowed(NamedTuple):
-    mailboxes: frozenset[str]  # "local@domain", local part lower-cased, canonical domain
-    domains: frozenset[str]  # canonical domains
-
-
-def _compile(login: str, patterns: Iterable[str] | str) -> _Allowed:
-    if isinstance(patterns, str):
-        patterns = (patterns,)
-    mailboxes: set[str] = set()
-    domains: set[str] = set()
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(f"bind_sender[{login!r}]: expected sender text, got {pattern!r}")
-        if pattern.startswith("@"):
-            try:
-                domains.add(normalize_domain(pattern[1:]))
-            except DomainError as exc:
-                raise ValueError(f"bind_sender[{login!r}]: {pattern!r}: {exc}") from None
-            continue
-        address = parse_address(pattern)
-        if address.error is not None or not address.local_part or not address.domain:
-            why = address.error or "expected user@domain or @domain"
-            raise ValueError(f"bind_sender[{login!r}]: {pattern!r}: {why}")
-        mailboxes.add(f"{address.local_part.lower()}@{address.domain}")
-    return _Allowed(frozenset(mailboxes), frozenset(domains))
+asked on every bound check (return ``None`` for "no such user", ``()`` for "no senders").
+Compared as :mod:`relaypolicy.senders` says."""
 
 
 class PopBeforeSmtp:
@@ -65,17 +39,17 @@ class PopBeforeSmtp:
 
     ``bind_sender`` (the NAT mitigation) maps a login name to the senders that user may use
     (see :data:`SenderBinding`). Then a client is accepted only when the entry for its
-    address names a login and the envelope sender belongs to that login: the domain
-    matches an ``@domain``, or the whole address matches, comparing the domain in canonical
-    form and the local part without regard to case. The null sender ``<>`` is never bound
-    to a user, so a bound entry does not let it relay. Every other case is NEXT, with the
-    reason: ``unknown-user`` (no login recorded, or none bound), ``null-sender``,
-    ``sender-not-bound``.
+    address names a login and the envelope sender belongs to that login, by the one rule
+    of :mod:`relaypolicy.senders` that ``SmtpAuthRequired(sender_logins=...)`` uses too:
+    the exact address first, then ``@domain``; canonical domains, local parts and login
+    names compared with ``str.casefold``. The null sender ``<>`` is never bound to a user,
+    so a bound entry does not let it relay. Every other case is NEXT, with the reason:
+    ``unknown-user`` (no login recorded, or none bound), ``null-sender``,
+    ``sender-not-bound`` (also for a malformed or domainless sender).
     """
 
     __slots__ = (
         "_accept",
-        "_allowed",
         "_bind",
         "_client_login",
         "_has_client",
@@ -101,17 +75,14 @@ class PopBeforeSmtp:
         self.table = table
         self._has_client: Callable[[Request], bool] = table.has_client
         self._client_login = table.client_login
-        self._bind: Callable[[str], Iterable[str] | str | None] | None = None
-        self._allowed: dict[str, _Allowed] = {}
+        # login -> the ownership map that answers for it, None for an unknown login.
+        self._bind: Callable[[str], SenderOwnership | None] | None = None
         if isinstance(bind_sender, Mapping):
-            self._allowed = {
-                login: _compile(login, patterns) for login, patterns in bind_sender.items()
-            }
-            self._bind = self._allowed.get  # type: ignore[assignment]
+            self._bind = _compiled(SenderOwnership.from_bound_senders(bind_sender))
         elif bind_sender is not None:
             if not callable(bind_sender):
                 raise TypeError(f"bind_sender: expected a mapping or a callable: {bind_sender!r}")
-            self._bind = bind_sender
+            self._bind = _asking(bind_sender)
         self._accept = accept(name, "pop-before-smtp")
         self._no_login = next_policy(name, "no-login")
         self._unknown_user = next_policy(name, "unknown-user")
@@ -135,23 +106,21 @@ class PopBeforeSmtp:
         if user is None:
             return self._unknown_user
         sender = request.sender_address
-        if sender.error is not None or (not sender.local_part and not sender.domain):
+        form = sender_form(sender)
+        if form is not SenderForm.MAILBOX:
             # The null sender belongs to no user: bounces come from MTAs, not from mail
             # programs, and a neighbour behind the same NAT could hide behind "<>".
-            return self._null_sender if sender.error is None else self._not_bound
+            return self._null_sender if form is SenderForm.NULL else self._not_bound
         try:
             allowed = self._allowed_for(user)
         except Exception as exc:
             return self._failure("binding-error", exc)
         if allowed is None:
             return self._unknown_user
-        return self._accept if _belongs(sender, allowed) else self._not_bound
+        return self._accept if allowed.owns(user, sender) else self._not_bound
 
-    def _allowed_for(self, user: str) -> _Allowed | None:
-        found = self._bind(user)  # type: ignore[misc]
-        if found is None or isinstance(found, _Allowed):
-            return found
-        return _compile(user, found)
+    def _allowed_for(self, user: str) -> SenderOwnership | None:
+        return None if self._bind is None else self._bind(user)
 
     def _failure(self, what: str, exc: Exception) -> Decision:
         return defer(451, "4.3.0", "Temporary lookup failure", self.name, f"{what}: {exc!r:.200}")
@@ -161,8 +130,18 @@ class PopBeforeSmtp:
         return f"PopBeforeSmtp({self.table!r}{bound})"
 
 
-def _belongs(sender: Address, allowed: _Allowed) -> bool:
-    domain = sender.domain
-    if domain in allowed.domains:
-        return True
-    return f"{sender.local_part.lower()}@{domain}" in allowed.mailboxes
+def _compiled(ownership: SenderOwnership) -> Callable[[str], SenderOwnership | None]:
+    """A mapping ``bind_sender``, compiled once: the map answers for every login it names."""
+    return lambda user: ownership if ownership.knows(user) else None
+
+
+def _asking(
+    bind_sender: Callable[[str], Iterable[str] | str | None],
+) -> Callable[[str], SenderOwnership | None]:
+    """A callable ``bind_sender``, asked on every check; its answer compiled each time."""
+
+    def bound(user: str) -> SenderOwnership | None:
+        found = bind_sender(user)
+        return None if found is None else SenderOwnership.from_bound_senders({user: found})
+
+    return bound

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for relay policies: clients, mailboxes, routed recipients, requests.
+"""Hypothesis strategies for relay policies: clients, mailboxes, routed recipients, requests,
+and hostile text from the whole Unicode range.
 
 Importing this module imports Hypothesis (``pip install hypothesis``); nothing else in
 relaypolicy does. Use them to state laws about a policy::
@@ -7,13 +8,21 @@ relaypolicy does. Use them to state laws about a policy::
     def test_no_routing_trick_is_accepted(recipient, client):
         request = Request(client_address=client, recipient=recipient)
         assert policy.check(request).verdict is not Verdict.ACCEPT
+
+The valid-address strategies (:func:`local_parts`, :func:`mailboxes`, :func:`domains`)
+draw only what a policy should accept; :func:`unicode_text` and
+:func:`hostile_recipients` draw anything at all, for laws such as "``Request`` never
+raises" and "nothing but a local domain is accepted as local".
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
+import idna
 from hypothesis import strategies as st
 
 from relaypolicy.model import Request
@@ -21,14 +30,73 @@ from relaypolicy.model import Request
 __all__ = [
     "client_addresses",
     "domains",
+    "hostile_recipients",
     "local_parts",
     "mailboxes",
     "requests",
     "routed_recipients",
+    "unicode_characters",
+    "unicode_text",
+    "uts46_disallowed_characters",
 ]
 
 _ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789#$&'*+/=?^_`{|}~-"
 _LABEL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+# Characters address and domain code must survive, drawn more often than their share of
+# the code space: address specials, invisible characters UTS 46 ignores, characters it
+# folds onto ASCII (full-width, circled, the Kelvin sign, an ideographic full stop), a
+# combining mark, look-alikes, line breaks, lone surrogates and the ends of the range.
+_TRICKY = (
+    '@%!"\\<>:,;.[]()- \t\r\n\x00\x7f'
+    "\u00ad\u034f\u200b\u200c\u200d\u2060\ufe0f\ufeff\u3000\u2028"
+    "\uff4c\uff2c\u3002\u24db\u0308\u212a\u017f\u00df\u0130\u043e\u0435\u4f8b\u3048"
+    "\ud800\udfff\U000e0001\U0010ffff"
+)
+
+
+@cache
+def _uts46_disallowed() -> tuple[str, ...]:
+    visible = []
+    for code in range(0x110000):
+        char = chr(code)
+        if unicodedata.category(char)[0] in "CZ":
+            continue
+        try:
+            idna.uts46_remap(char, std3_rules=False, transitional=False)
+        except idna.IDNAError:
+            visible.append(char)
+    return tuple(visible)
+
+
+def uts46_disallowed_characters() -> st.SearchStrategy[str]:
+    """The visible characters UTS 46 disallows: U+2024 ONE DOT LEADER, U+2025, U+2026, the
+    parenthesised and full-stop digits U+2488..249B, U+FFFD, ... (about 45).
+
+    Computed from the installed ``idna`` on first use (a third of a second), so the list
+    follows its tables. They are the ones a check for control, format, unassigned, private
+    use and space characters does not catch.
+    """
+    return st.sampled_from(_uts46_disallowed())
+
+
+def unicode_characters() -> st.SearchStrategy[str]:
+    """Any one code point, U+0000..U+10FFFF: lone surrogates, unassigned and private-use
+    code points included, with extra weight on the characters that break address code
+    (:func:`uts46_disallowed_characters`, invisible and case-folded ones, specials)."""
+    return st.one_of(
+        st.characters(min_codepoint=0, max_codepoint=0x10FFFF),
+        uts46_disallowed_characters(),
+        st.sampled_from(_TRICKY),
+    )
+
+
+def unicode_text(*, min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[str]:
+    """Text of :func:`unicode_characters`: what a stranger may put in ``RCPT TO``."""
+    # Not st.text(unicode_characters()): text() merges the alphabet's character ranges
+    # into one, and the weighted characters would drown in the other million.
+    characters = st.lists(unicode_characters(), min_size=min_size, max_size=max_size)
+    return characters.map("".join)
 
 
 def client_addresses(*, v4: bool = True, v6: bool = True, mapped: bool = True) -> Any:
@@ -47,8 +115,9 @@ def client_addresses(*, v4: bool = True, v6: bool = True, mapped: bool = True) -
 
 
 def _dot_atom(chars: str | st.SearchStrategy[str]) -> Any:
+    # Never a leading "-": Postfix refuses such a local part (allow_min_user = no).
     word = st.text(chars, min_size=1, max_size=12)
-    return st.lists(word, min_size=1, max_size=3).map(".".join)
+    return st.lists(word, min_size=1, max_size=3).map(".".join).filter(lambda t: t[0] != "-")
 
 
 def _quoted(text: str) -> str:
@@ -58,7 +127,8 @@ def _quoted(text: str) -> str:
 
 def local_parts(*, quoted: bool = True, utf8: bool = True) -> Any:
     """Local parts that ask for no routing: dot-atoms (RFC 5321), quoted strings with
-    spaces and escapes, and UTF-8 (RFC 6531). At most 64 octets; never ``@ % !``."""
+    spaces and escapes, and UTF-8 (RFC 6531). At most 64 octets; never ``@ % !``, never a
+    leading ``-`` once dequoted (Postfix ``allow_min_user = no``)."""
     ascii_atoms = _dot_atom(_ATEXT)
     choices = [ascii_atoms]
     if quoted:
@@ -66,7 +136,7 @@ def local_parts(*, quoted: bool = True, utf8: bool = True) -> Any:
             st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="@%!"),
             min_size=0,
             max_size=20,
-        )
+        ).filter(lambda text: text[:1] != "-")
         choices.append(inside.map(_quoted))
     if utf8:
         letters = st.characters(categories=["Ll", "Lu", "Lo"], min_codepoint=0x80)
@@ -119,6 +189,45 @@ def routed_recipients(local_domains: Sequence[str], foreign_domains: Sequence[st
     recipient = st.builds(lambda form, u, f, d: form(u, f, d), shape, user, foreign, local)
     return st.tuples(recipient, st.booleans()).map(
         lambda pair: pair[0].upper() if pair[1] else pair[0]
+    )
+
+
+def _splice(text: str, noise: str, at: int) -> str:
+    position = at % (len(text) + 1)
+    return text[:position] + noise + text[position:]
+
+
+def hostile_recipients(local_domains: Sequence[str]) -> st.SearchStrategy[str]:
+    """Recipients that look like mail for one of ``local_domains`` but may be anything.
+
+    A local domain as given, in upper case, with a trailing dot, or with
+    :func:`unicode_text` spliced in anywhere; a valid local part or any text; the mailbox
+    bare, in angle brackets or behind a source route; or just any text. A law over them:
+    whatever a policy accepts as local really is one of ``local_domains``.
+    """
+    if isinstance(local_domains, str):
+        raise TypeError("local_domains must be a sequence of names, not one string")
+    local = st.sampled_from(list(local_domains))
+    noise = unicode_text(min_size=1, max_size=3)
+    where = st.integers(min_value=0, max_value=255)
+    domain = st.one_of(
+        local,
+        local.map(str.upper),
+        local.map(lambda name: name + "."),
+        st.builds(_splice, local, noise, where),
+        unicode_text(max_size=20),
+    )
+    user = st.one_of(
+        local_parts(),
+        unicode_text(min_size=1, max_size=12),
+        st.builds(_splice, local_parts(), noise, where),
+    )
+    mailbox = st.builds(lambda name, at: f"{name}@{at}", user, domain)
+    return st.one_of(
+        mailbox,
+        mailbox.map(lambda text: f"<{text}>"),
+        st.builds(lambda hop, text: f"@{hop}:{text}", domain, mailbox),
+        unicode_text(),
     )
 
 
