@@ -186,10 +186,22 @@ def routed_recipients(local_domains: Sequence[str], foreign_domains: Sequence[st
         lambda u, f, d: f'"{u}@{f}"',
     ]
     shape = st.sampled_from(forms)
-    recipient = st.builds(lambda form, u, f, d: form(u, f, d), shape, user, foreign, local)
+    recipient = (
+        st.builds(lambda form, u, f, d: (form(u, f, d), d), shape, user, foreign, local)
+        .filter(_fits_local_part)
+        .map(lambda pair: pair[0])
+    )
     return st.tuples(recipient, st.booleans()).map(
         lambda pair: pair[0].upper() if pair[1] else pair[0]
     )
+
+
+def _fits_local_part(pair: tuple[str, str]) -> bool:
+    """Whether the local part (all before ``@domain``, or all of a bare one) keeps within
+    RFC 5321's 64 octets (section 4.5.3.1.1): a longer one is bad syntax, not a trick."""
+    text, domain = pair
+    local = text[: -len(domain) - 1] if text.endswith(f"@{domain}") else text
+    return len(local.encode()) <= 64
 
 
 def _splice(text: str, noise: str, at: int) -> str:
