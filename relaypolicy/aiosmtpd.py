@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
 
 from relaypolicy.model import Decision, Request, Verdict, defer
 from relaypolicy.policies import Policy, relay_access_denied
+from relaypolicy.replies import NO_CLIENT_ADDRESS, POLICY_ERROR
 
 __all__ = [
     "PasswordAuthenticator",
@@ -208,8 +209,8 @@ def _printable(text: str) -> str:
 
 _Hook = Callable[..., Awaitable[Any]]
 _NAME = "RelayPolicyHandler"  # the policy named in the handler's own decisions
-_NO_CLIENT = defer(451, "4.3.5", "Cannot determine the client address", _NAME, "no-client")
-_POLICY_ERROR = defer(451, "4.3.0", "Policy service error", _NAME, "policy-error")
+_NO_CLIENT = defer(*NO_CLIENT_ADDRESS, _NAME, "no-client")
+_POLICY_ERROR = defer(*POLICY_ERROR, _NAME, "policy-error")
 
 
 class RelayPolicyHandler:

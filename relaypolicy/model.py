@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from relaypolicy.address import Address, parse_address
 from relaypolicy.networks import IPAddress, parse_ip
+from relaypolicy.replies import OK
 
 __all__ = [
     "Decision",
@@ -79,7 +80,7 @@ class Decision(NamedTuple):
 
 def accept(policy: str, reason: str) -> Decision:
     """An ACCEPT decision with the usual ``250 2.1.5 Ok`` reply."""
-    return Decision(Verdict.ACCEPT, 250, "2.1.5", "Ok", policy, reason)
+    return Decision(Verdict.ACCEPT, *OK, policy, reason)
 
 
 def next_policy(policy: str, reason: str = "no-opinion") -> Decision:

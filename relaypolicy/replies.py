@@ -16,13 +16,21 @@ __all__ = [
     "BAD_RECIPIENT_SYNTAX",
     "BAD_SENDER_SYNTAX",
     "CANNOT_EVALUATE",
+    "DELIVERED",
+    "LOCAL_DELIVERY_FAILED",
+    "NON_ASCII_WITHOUT_SMTPUTF8",
     "NO_CLIENT_ADDRESS",
+    "NO_SMTPUTF8_AT_SMARTHOST",
     "OK",
     "POLICY_ERROR",
     "RELAY_ACCESS_DENIED",
     "SENDER_NEEDS_DOMAIN",
     "SENDER_NOT_LOGGED_IN",
     "SENDER_NOT_OWNED",
+    "SMARTHOST_BUSY",
+    "SMARTHOST_REFUSED",
+    "SMARTHOST_REFUSED_ALL",
+    "SMARTHOST_UNREACHABLE",
     "STARTTLS_FIRST",
     "TEMPORARY_LOOKUP_FAILURE",
     "TRY_AGAIN_LATER",
@@ -65,7 +73,7 @@ AUTH_REQUIRED_LATER = Reply(454, "4.7.0", "Authentication required")
 STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 
 # Postfix reject_sender_login_mismatch and reject_non_fqdn_sender; after "<sender>: ".
-SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")  # + login
 SENDER_NOT_LOGGED_IN = Reply(553, "5.7.1", "Sender address rejected: not logged in")
 SENDER_NEEDS_DOMAIN = Reply(504, "5.5.2", "Sender address rejected: need fully-qualified address")
 
@@ -75,3 +83,13 @@ TRY_AGAIN_LATER = Reply(451, "4.7.1", "Try again later")
 POLICY_ERROR = Reply(451, "4.3.0", "Policy service error")
 CANNOT_EVALUATE = Reply(451, "4.3.0", "Policy service cannot evaluate this request")
 NO_CLIENT_ADDRESS = Reply(451, "4.3.5", "Cannot determine the client address")
+
+# Delivery by relaypolicy smtpd (after DATA): Maildirs and the smarthost.
+DELIVERED = Reply(250, "2.0.0", "Ok: delivered")
+LOCAL_DELIVERY_FAILED = Reply(451, "4.3.0", "Local delivery failed, try again later")
+NO_SMTPUTF8_AT_SMARTHOST = Reply(554, "5.6.7", "The smarthost does not take SMTPUTF8 mail")
+NON_ASCII_WITHOUT_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address without SMTPUTF8")
+SMARTHOST_REFUSED_ALL = Reply(554, "5.4.0", "The smarthost refused every recipient")
+SMARTHOST_REFUSED = Reply(554, "5.4.0", "Smarthost said:")  # + its code and text
+SMARTHOST_BUSY = Reply(451, "4.4.1", "The smarthost is not accepting mail now, try again later")
+SMARTHOST_UNREACHABLE = Reply(451, "4.4.1", "The smarthost is not reachable, try again later")

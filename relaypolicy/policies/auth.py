@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from relaypolicy import replies
 from relaypolicy.address import Address
 from relaypolicy.model import Decision, Request, Verdict, accept, defer, next_policy, reject
+from relaypolicy.replies import SENDER_NOT_LOGGED_IN as _NOT_LOGGED_IN
+from relaypolicy.replies import SENDER_NOT_OWNED as _NOT_OWNED
 from relaypolicy.senders import SenderForm, SenderOwnership, sender_form
 
 __all__ = ["ClientCertificate", "SmtpAuthRequired"]
@@ -106,18 +109,14 @@ class SmtpAuthRequired:
         self._require_tls = bool(require_tls)
         self._accept = accept(name, "sasl-authenticated")
         self._next = next_policy(name, "not-authenticated")
-        self._tls_required = reject(
-            530, "5.7.0", "Must issue a STARTTLS command first", name, "tls-required"
-        )
+        self._tls_required = reject(*replies.STARTTLS_FIRST, name, "tls-required")
         self._refuse: Decision | None = None
         if otherwise is Verdict.REJECT:
-            self._refuse = reject(530, "5.7.0", "Authentication required", name, "auth-required")
+            self._refuse = reject(*replies.AUTH_REQUIRED, name, "auth-required")
         elif otherwise is Verdict.DEFER:
-            self._refuse = defer(454, "4.7.0", "Authentication required", name, "auth-required")
+            self._refuse = defer(*replies.AUTH_REQUIRED_LATER, name, "auth-required")
         # A sender that is not an address at all; Postfix says 501 5.1.7 for bad MAIL FROM.
-        self._sender_syntax = reject(
-            501, "5.1.7", "Bad sender address syntax", name, "sender-syntax"
-        )
+        self._sender_syntax = reject(*replies.BAD_SENDER_SYNTAX, name, "sender-syntax")
         self._ownership: SenderOwnership | None = None
         if sender_logins is not None:
             if not isinstance(sender_logins, Mapping):
@@ -194,9 +193,9 @@ class SmtpAuthRequired:
                 Decision,
                 (
                     _REJECT,
-                    504,
-                    "5.5.2",
-                    f"{_echo(request.sender)}Sender address rejected: need fully-qualified address",
+                    replies.SENDER_NEEDS_DOMAIN.code,
+                    replies.SENDER_NEEDS_DOMAIN.status,
+                    f"{_echo(request.sender)}{replies.SENDER_NEEDS_DOMAIN.text}",
                     self.name,
                     "sender-not-fqdn",
                 ),
@@ -205,15 +204,16 @@ class SmtpAuthRequired:
         if login:
             if ownership.owns(login, sender):
                 return passed
-            text = (
-                f"{_echo(request.sender)}Sender address rejected: "
-                f"not owned by user {reply_safe(login)}"
+            text = f"{_echo(request.sender)}{_NOT_OWNED.text} {reply_safe(login)}"
+            return _new(
+                Decision,
+                (_REJECT, _NOT_OWNED.code, _NOT_OWNED.status, text, self.name, "sender-not-owned"),
             )
-            return _new(Decision, (_REJECT, 553, "5.7.1", text, self.name, "sender-not-owned"))
         if ownership.owners(sender) is None:
             return passed
-        text = f"{_echo(request.sender)}Sender address rejected: not logged in"
-        return _new(Decision, (_REJECT, 553, "5.7.1", text, self.name, "sender-not-logged-in"))
+        text = f"{_echo(request.sender)}{_NOT_LOGGED_IN.text}"
+        code, status = _NOT_LOGGED_IN.code, _NOT_LOGGED_IN.status
+        return _new(Decision, (_REJECT, code, status, text, self.name, "sender-not-logged-in"))
 
     def __repr__(self) -> str:
         logins = "None" if self._ownership is None else f"<{len(self._ownership)}>"

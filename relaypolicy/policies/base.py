@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from relaypolicy.model import Decision, Request, Verdict, reject
+from relaypolicy.replies import BAD_RECIPIENT_SYNTAX
+from relaypolicy.replies import RELAY_ACCESS_DENIED as _DENIED
 
 __all__ = ["Policy", "bad_recipient_syntax", "relay_access_denied"]
 
@@ -36,12 +38,12 @@ def relay_access_denied(request: Request, policy: str, reason: str) -> Decision:
     """
     recipient = request.recipient
     if recipient[:1] == "<" and recipient[-1:] == ">":
-        text = f"{recipient}: Relay access denied"
+        text = f"{recipient}: {_DENIED.text}"
     else:
-        text = f"<{recipient}>: Relay access denied"
+        text = _DENIED.about(recipient)
     # tuple.__new__ skips the Python-level NamedTuple constructor: this is the hot path of
     # every refused relay attempt.
-    return _new(Decision, (_REJECT, 554, "5.7.1", text, policy, reason))
+    return _new(Decision, (_REJECT, _DENIED.code, _DENIED.status, text, policy, reason))
 
 
 def bad_recipient_syntax(policy: str) -> Decision:
@@ -49,4 +51,4 @@ def bad_recipient_syntax(policy: str) -> Decision:
 
     The recipient is not echoed: it may hold control characters.
     """
-    return reject(501, "5.1.3", "Bad recipient address syntax", policy, "syntax")
+    return reject(*BAD_RECIPIENT_SYNTAX, policy, "syntax")

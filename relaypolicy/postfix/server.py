@@ -58,6 +58,7 @@ from relaypolicy.postfix.codec import (
     decision_action,
     encode_action,
 )
+from relaypolicy.replies import CANNOT_EVALUATE, POLICY_ERROR
 from relaypolicy.settings import parse_host_port
 
 __all__ = ["Listener", "PolicyServer", "ServerSettings", "parse_listener"]
@@ -122,7 +123,7 @@ class ServerSettings:
     control_socket: str = ""
     accept_action: str = "OK"
     other_states_action: str = "DUNNO"
-    unusable_action: str = "451 4.3.0 Policy service cannot evaluate this request"
+    unusable_action: str = str(CANNOT_EVALUATE)
     idle_timeout: float = 330.0
     request_timeout: float = 10.0
     max_connections: int = 200
@@ -222,7 +223,7 @@ class PolicyServer:
             # A policy must not raise; if one does, fail closed and say so.
             log.exception("%s: policy raised; answering with a temporary refusal", peer)
             self.counters["policy-errors"] += 1
-            return encode_action("451 4.3.0 Policy service error")
+            return encode_action(str(POLICY_ERROR))
         self.counters[f"verdict:{decision.verdict.value}"] += 1
         self.counters[f"reason:{decision.reason}"] += 1
         self._log_decision(request, decision)

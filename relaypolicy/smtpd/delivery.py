@@ -43,6 +43,18 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relaypolicy.address import parse_address
 from relaypolicy.aiosmtpd import tls_facts
 from relaypolicy.domains import DomainSet
+from relaypolicy.replies import (
+    DELIVERED,
+    LOCAL_DELIVERY_FAILED,
+    NO_SMTPUTF8_AT_SMARTHOST,
+    NON_ASCII_WITHOUT_SMTPUTF8,
+    OK,
+    SMARTHOST_BUSY,
+    SMARTHOST_REFUSED,
+    SMARTHOST_REFUSED_ALL,
+    SMARTHOST_UNREACHABLE,
+    USER_UNKNOWN,
+)
 
 __all__ = ["MaildirDelivery", "mailbox_name", "user_unknown"]
 
@@ -60,10 +72,7 @@ def mailbox_name(text: str) -> str:
 
 def user_unknown(recipient: str) -> str:
     """Postfix's refusal of a local address that no mailbox answers to."""
-    return (
-        f"550 5.1.1 <{recipient}>: Recipient address rejected: "
-        "User unknown in local recipient table"
-    )
+    return f"{USER_UNKNOWN.code} {USER_UNKNOWN.status} {USER_UNKNOWN.about(recipient)}"
 
 
 def _header_safe(text: str) -> str:
@@ -122,7 +131,7 @@ class MaildirDelivery:
             return user_unknown(address)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
+        return str(OK)
 
     async def handle_EHLO(
         self,
@@ -166,8 +175,8 @@ class MaildirDelivery:
                 )
         except OSError as exc:
             log.error("delivery failed: %s", exc)
-            return "451 4.3.0 Local delivery failed, try again later"
-        return "250 2.0.0 Ok: delivered"
+            return str(LOCAL_DELIVERY_FAILED)
+        return str(DELIVERED)
 
     def _received(self, server: SMTP, session: Session, envelope: Envelope) -> bytes:
         peer = session.peer
@@ -225,15 +234,15 @@ class MaildirDelivery:
                     client.starttls(context=ssl.create_default_context())
                 refused: dict[str, Any] = client.sendmail(sender, recipients, message, options)
         except smtplib.SMTPNotSupportedError:
-            return "554 5.6.7 The smarthost does not take SMTPUTF8 mail"
+            return str(NO_SMTPUTF8_AT_SMARTHOST)
         except UnicodeEncodeError:  # a non-ASCII address without SMTPUTF8
-            return "553 5.6.7 Non-ASCII address without SMTPUTF8"
+            return str(NON_ASCII_WITHOUT_SMTPUTF8)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             log.warning("smarthost %s:%d refused every recipient: %s", host, port, exc.recipients)
             if all(500 <= code < 600 for code in codes):
-                return "554 5.4.0 The smarthost refused every recipient"
-            return "451 4.4.1 The smarthost is not accepting mail now, try again later"
+                return str(SMARTHOST_REFUSED_ALL)
+            return str(SMARTHOST_BUSY)
         except smtplib.SMTPResponseException as exc:
             text = (
                 exc.smtp_error.decode("utf-8", "replace")
@@ -242,11 +251,11 @@ class MaildirDelivery:
             )
             log.warning("smarthost %s:%d: %d %s", host, port, exc.smtp_code, text)
             if 500 <= exc.smtp_code < 600:
-                return f"554 5.4.0 Smarthost said: {exc.smtp_code} {_header_safe(text)[:200]}"
-            return "451 4.4.1 The smarthost is not accepting mail now, try again later"
+                return f"{SMARTHOST_REFUSED} {exc.smtp_code} {_header_safe(text)[:200]}"
+            return str(SMARTHOST_BUSY)
         except (OSError, smtplib.SMTPException) as exc:
             log.warning("smarthost %s:%d unreachable: %s", host, port, exc)
-            return "451 4.4.1 The smarthost is not reachable, try again later"
+            return str(SMARTHOST_UNREACHABLE)
         if refused:
             key = self._keep(message, sender, list(refused), f"smarthost refused: {refused}")
             log.error("smarthost refused %s; kept as %s in %s", sorted(refused), key, self.outgoing)
