@@ -63,29 +63,45 @@ def _parser() -> argparse.ArgumentParser:
         help=f"a target to run, repeatable (default: all of {', '.join(TARGETS)})",
     )
     parser.add_argument(
-        "--inputs", type=_positive_int, default=10_000, metavar="N",
+        "--inputs",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
         help="inputs per target and engine (default 10000)",
     )
     parser.add_argument(
-        "--engine", choices=["random", "hypothesis", "both"], default="random",
+        "--engine",
+        choices=["random", "hypothesis", "both"],
+        default="random",
         help="random: seeded mutations, fast; hypothesis: structured examples (needs "
         "Hypothesis); both (default: random)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the seed of both engines (default 0)")
     parser.add_argument(
-        "--max-seconds", type=float, metavar="S",
+        "--max-seconds",
+        type=float,
+        metavar="S",
         help="stop each target and engine after S seconds, whatever --inputs says",
     )
     parser.add_argument(
-        "--hang-seconds", type=float, default=1.0, metavar="S",
+        "--hang-seconds",
+        type=float,
+        default=1.0,
+        metavar="S",
         help="an input that takes longer is a hang (default 1)",
     )
     parser.add_argument(
-        "--exit-after", type=float, default=60.0, metavar="S",
+        "--exit-after",
+        type=float,
+        default=60.0,
+        metavar="S",
         help="end the run (status 3) when one input has run S seconds (default 60)",
     )
     parser.add_argument(
-        "--show", type=_positive_int, default=10, metavar="N",
+        "--show",
+        type=_positive_int,
+        default=10,
+        metavar="N",
         help="print the first N findings of each target (default 10)",
     )
     return parser
@@ -98,8 +114,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-COLUMNS = ("target", "engine", "inputs", "exceptions", "hangs", "unsafe accepts", "other",
-           "inputs/s", "seconds")
+COLUMNS = (
+    "target",
+    "engine",
+    "inputs",
+    "exceptions",
+    "hangs",
+    "unsafe accepts",
+    "other",
+    "inputs/s",
+    "seconds",
+)
 
 
 def print_reports(reports: Sequence[Report], out: TextIO, show: int = 10) -> None:
@@ -129,8 +154,11 @@ def print_reports(reports: Sequence[Report], out: TextIO, show: int = 10) -> Non
         findings = list(report.findings.values())
         if not findings:
             continue
-        print(f"\n{report.target}/{report.engine}: {report.total:,} findings, "
-              f"{len(findings)} distinct", file=out)
+        print(
+            f"\n{report.target}/{report.engine}: {report.total:,} findings, "
+            f"{len(findings)} distinct",
+            file=out,
+        )
         for finding in findings[:show]:
             print(finding.describe(), file=out)
 
@@ -163,8 +191,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                     print(f"fuzz: {exc}", file=sys.stderr)
                     return 2
                 reports.append(report)
-                print(f"fuzz: {name}/{report.engine}: {report.inputs:,} inputs, "
-                      f"{report.total:,} findings, {report.seconds:.1f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"fuzz: {name}/{report.engine}: {report.inputs:,} inputs, "
+                    f"{report.total:,} findings, {report.seconds:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     print_reports(reports, out, options.show)
     return 1 if any(report.total for report in reports) else 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from relaypolicy.postfix.codec import PolicyConnection, PolicyRequest, ProtocolError
@@ -97,9 +97,12 @@ Attributes = dict[str, str]
 
 
 def _feed(
-    chunks: Sequence[bytes], limits: dict[str, int], problems: list[Problem]
+    make: Callable[..., PolicyConnection],
+    chunks: Sequence[bytes],
+    limits: dict[str, int],
+    problems: list[Problem],
 ) -> tuple[list[Attributes], str | None]:
-    connection = PolicyConnection(**limits)
+    connection = make(**limits)
     got: list[Attributes] = []
     for chunk in chunks:
         try:
@@ -136,9 +139,13 @@ def _limit_problems(requests: list[Attributes], limits: dict[str, int]) -> list[
 
 
 class CodecTarget:
-    """Byte streams through :class:`~relaypolicy.postfix.codec.PolicyConnection`."""
+    """Byte streams through :class:`~relaypolicy.postfix.codec.PolicyConnection` (or the
+    ``connection`` class given: a test gives a broken one to see the oracle fire)."""
 
     name = "codec"
+
+    def __init__(self, connection: Callable[..., PolicyConnection] = PolicyConnection) -> None:
+        self.connection = connection
 
     def corpus(self) -> Sequence[bytes]:
         return SEEDS
@@ -151,22 +158,26 @@ class CodecTarget:
         limits = TINY_LIMITS if crc & 1 else DEFAULT_LIMITS
         rng = random.Random(crc)  # noqa: S311 - cut points, not secrets
         problems: list[Problem] = []
-        reference, error = _feed(_line_chunks(value), limits, problems)
+        reference, error = _feed(self.connection, _line_chunks(value), limits, problems)
         for feed, chunks in (("whole", [value]), ("cut", _cut(value, rng))):
-            got, got_error = _feed(chunks, limits, problems)
+            got, got_error = _feed(self.connection, chunks, limits, problems)
             if (got_error is None) != (error is None):
                 problems.append(
-                    Problem(ORACLE, f"{feed} feed and line feed disagree on failing",
-                            f"line: {error!r}, {feed}: {got_error!r}")
+                    Problem(
+                        ORACLE,
+                        f"{feed} feed and line feed disagree on failing",
+                        f"line: {error!r}, {feed}: {got_error!r}",
+                    )
                 )
-            elif error is None and got != reference:
-                problems.append(Problem(ORACLE, f"{feed} feed parsed other requests"))
-            elif error is not None and got != reference[: len(got)]:
+            elif got != (reference if error is None else reference[: len(got)]):
                 problems.append(Problem(ORACLE, f"{feed} feed parsed other requests"))
             elif got_error != error:
                 problems.append(
-                    Problem(ORACLE, f"{feed} feed names another error",
-                            f"line: {error!r}, {feed}: {got_error!r}")
+                    Problem(
+                        ORACLE,
+                        f"{feed} feed names another error",
+                        f"line: {error!r}, {feed}: {got_error!r}",
+                    )
                 )
         problems += _limit_problems(reference, limits)
         for attributes in reference:

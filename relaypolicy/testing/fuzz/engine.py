@@ -14,6 +14,7 @@ first input that reached it; ``repr`` of that input is the reproducer.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import random
@@ -352,9 +353,7 @@ def run_hypothesis(
             raise _OutOfTime
         run(value)
 
-    try:
+    with contextlib.suppress(_OutOfTime):
         fuzz()
-    except _OutOfTime:
-        pass
     report.seconds = time.perf_counter() - began
     return report

@@ -29,7 +29,7 @@ INTERESTING_CHARS = (
     "\ud800\udbff\udc00\udfff\udc80"  # lone surrogates: not UTF-8 at all
     "\uff20\uff0e\u3002\uff61\u212a\u0130\u0131\xdf\u03c2\u0435\u0430\u043e"
     "\U0001f600\U0010ffff\U000e0001"
-    "%!@\"\\<>[]:,;().-_=+/" + IDNA_REFUSED
+    '%!@"\\<>[]:,;().-_=+/' + IDNA_REFUSED
 )
 INTERESTING_TOKENS = (
     "@",

@@ -100,9 +100,13 @@ class Guarded:
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The client an address names: IPv4-mapped IPv6 is IPv4; a zone index is dropped."""
     address = ipaddress.ip_address(text)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id is not None:
+            return ipaddress.IPv6Address(address.packed)
     return address
 
 
@@ -149,7 +153,9 @@ def standard_policies() -> list[Guarded]:
             ),
             Trust(networks=networks, table=in_table, authenticated=True),
         ),
-        Guarded("submission_policy", submission_policy(), Trust(authenticated=True, tls_for_auth=True)),
+        Guarded(
+            "submission_policy", submission_policy(), Trust(authenticated=True, tls_for_auth=True)
+        ),
         Guarded(
             "submission_policy(sender_logins)",
             submission_policy(require_tls=False, sender_logins={"@example.org": "taro"}),
@@ -189,7 +195,7 @@ class _Destinations:
             return False
         if "@" not in text:
             return text.strip('"').lower() == "postmaster"
-        local, at, domain = text.partition("@")
+        local, _, domain = text.partition("@")
         if not local or "@" in domain:
             return False
         domain = domain.removesuffix(".").lower()
@@ -249,7 +255,7 @@ class RequestTarget:
 
     def check(self, value: Mapping[str, str]) -> list[Problem]:
         try:
-            request = Request(**value)  # type: ignore[arg-type]
+            request = Request(**value)
         except ValueError as exc:
             if str(exc).startswith(_CONTRACT_ERRORS):
                 return []

@@ -39,9 +39,9 @@ def _noise(max_size: int = 40) -> st.SearchStrategy[str]:
 def address_like() -> st.SearchStrategy[str]:
     """Strings shaped like envelope addresses: routing tricks, literals, quotes, source
     routes, IDNA-refused code points, very long parts, and noise."""
-    pieces = st.lists(
-        st.one_of(st.sampled_from(_PIECES), _noise(6)), min_size=1, max_size=10
-    ).map("".join)
+    pieces = st.lists(st.one_of(st.sampled_from(_PIECES), _noise(6)), min_size=1, max_size=10).map(
+        "".join
+    )
     long = st.tuples(st.sampled_from(["a", "a.", "%", "@", "\u2024"]), st.integers(60, 3000))
     return st.one_of(
         pieces,
@@ -59,9 +59,7 @@ def request_fields(corpus: Sequence[dict[str, str]]) -> st.SearchStrategy[dict[s
     """Request field mappings for the ``request`` target."""
     from relaypolicy.testing.fuzz.relay import CLIENTS
 
-    clients = st.one_of(
-        st.sampled_from(CLIENTS), st.ip_addresses().map(str), _noise(20)
-    )
+    clients = st.one_of(st.sampled_from(CLIENTS), st.ip_addresses().map(str), _noise(20))
     built = st.fixed_dictionaries(
         {
             "client_address": clients,
@@ -88,10 +86,12 @@ def policy_streams(corpus: Sequence[bytes]) -> st.SearchStrategy[bytes]:
     )
     ending = st.sampled_from([b"\n", b"\r\n", b""])
     request = st.tuples(st.lists(st.tuples(line, ending), max_size=12), ending).map(
-        lambda drawn: b"request=smtpd_access_policy\n"
-        + b"".join(text + end for text, end in drawn[0])
-        + b"\n"
-        + drawn[1]
+        lambda drawn: (
+            b"request=smtpd_access_policy\n"
+            + b"".join(text + end for text, end in drawn[0])
+            + b"\n"
+            + drawn[1]
+        )
     )
     stream = st.lists(st.one_of(request, st.binary(max_size=40)), min_size=1, max_size=4)
     return st.one_of(stream.map(b"".join), st.sampled_from(list(corpus)), st.binary())
