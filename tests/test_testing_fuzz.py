@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -350,14 +351,26 @@ def test_the_command_prints_a_table_and_exits_0_when_clean() -> None:
     assert lines[2].split()[:2] == ["parsers", "hypothesis"]
 
 
-def test_the_command_prints_each_finding_and_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_command_prints_each_finding_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     broken = RequestTarget([Guarded("OpenRelay", OpenRelay(), Trust())])
     monkeypatch.setitem(fuzz_cli.TARGETS, "open", (lambda: broken, "an open relay"))
     out = io.StringIO()
-    assert main(["--target", "open", "--inputs", "200", "--show", "1"], out) == 1
+    argv = ["--target", "open", "--inputs", "200", "--show", "1", "--save", str(tmp_path)]
+    assert main(argv, out) == 1
     text = out.getvalue()
     assert "unsafe-accept: OpenRelay accepted a relay (open-relay)" in text
     assert "    input: {'client_address': " in text
+    files = sorted(tmp_path.glob("request-random-*.repr"))
+    saved = {
+        head: body
+        for head, body in (path.read_text(encoding="utf-8").splitlines() for path in files)
+    }
+    assert len(saved) == len(files) > 0
+    reproducer = saved["# unsafe-accept: OpenRelay accepted a relay (open-relay)"]
+    fields = eval(reproducer)  # noqa: S307 - the repr of a dict of strings, written above
+    assert broken.check(fields)[0].kind == UNSAFE_ACCEPT
 
 
 def test_help_answers() -> None:

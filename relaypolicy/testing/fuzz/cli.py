@@ -4,7 +4,9 @@ finding."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -25,7 +27,7 @@ from relaypolicy.testing.fuzz.loader import LoaderTarget
 from relaypolicy.testing.fuzz.logs import ParserTarget
 from relaypolicy.testing.fuzz.relay import RequestTarget
 
-__all__ = ["TARGETS", "main", "make_target", "print_reports"]
+__all__ = ["TARGETS", "main", "make_target", "print_reports", "save_reproducers"]
 
 
 # A registry of targets of different input types: Any is the honest element type.
@@ -47,11 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m relaypolicy.testing.fuzz",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fuzz relaypolicy: feed each target random and mutated inputs and check "
-        "that no exception escapes, no input hangs, no relay is accepted that should not "
-        "be, and the target's own rules hold. Prints a table per target and each finding "
-        "with a reproducer (the repr of the input). Exit status: 0 no finding, 1 findings, "
-        "2 a bad command line, 3 an input hung for good (--exit-after).",
+        description=textwrap.fill(
+            "Fuzz relaypolicy: feed each target random and mutated inputs and check that "
+            "no exception escapes, no input hangs, no relay is accepted that should not be, "
+            "and the target's own rules hold. Prints a table per target and each finding "
+            "with a reproducer (the repr of the input). Exit status: 0 no finding, 1 "
+            "findings, 2 a bad command line or Hypothesis missing for its engine, 3 an "
+            "input hung for good (--exit-after).",
+            88,
+        ),
         epilog=f"targets:\n{listed}\n\nexample: python -m relaypolicy.testing.fuzz "
         "--target request --inputs 1000000 --seed 7   (see docs/testing.md)",
     )
@@ -103,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         metavar="N",
         help="print the first N findings of each target (default 10)",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="DIR",
+        help="also write the whole repr of each finding's input to DIR/TARGET-ENGINE-N.repr "
+        "(the printed one is cut after 4000 characters)",
     )
     return parser
 
@@ -163,6 +175,20 @@ def print_reports(reports: Sequence[Report], out: TextIO, show: int = 10) -> Non
             print(finding.describe(), file=out)
 
 
+def save_reproducers(reports: Sequence[Report], directory: str) -> list[str]:
+    """Write each finding's whole input (its ``repr``) to a file in ``directory``; the
+    paths written."""
+    os.makedirs(directory, exist_ok=True)
+    written = []
+    for report in reports:
+        for number, finding in enumerate(report.findings.values(), start=1):
+            path = os.path.join(directory, f"{report.target}-{report.engine}-{number}.repr")
+            with open(path, "w", encoding="utf-8", errors="backslashreplace") as file:
+                file.write(f"# {finding.kind}: {finding.rule}\n{finding.reproducer}\n")
+            written.append(path)
+    return written
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; the exit status."""
     out = out if out is not None else sys.stdout
@@ -198,4 +224,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                     flush=True,
                 )
     print_reports(reports, out, options.show)
+    if options.save:
+        save_reproducers(reports, options.save)
     return 1 if any(report.total for report in reports) else 0

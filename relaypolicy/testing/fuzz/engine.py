@@ -101,10 +101,11 @@ class Finding:
     reproducer: str  # repr() of the input
     count: int = 1
 
-    def describe(self, width: int = 400) -> str:
+    def describe(self, width: int = 400, reproducer_width: int = 4000) -> str:
+        """Three lines: what, the detail, the input (cut beyond ``reproducer_width``)."""
         reproducer = self.reproducer
-        if len(reproducer) > width:
-            reproducer = f"{reproducer[:width]}... ({len(reproducer)} characters)"
+        if len(reproducer) > reproducer_width:
+            reproducer = f"{reproducer[:reproducer_width]}... ({len(reproducer)} characters)"
         lines = [f"[{self.target}/{self.engine}] {self.kind}: {self.rule} ({self.count} inputs)"]
         if self.detail:
             lines.append(f"    {self.detail[:width]}")
