@@ -3,6 +3,7 @@ marked), and every oracle fires when the code under test is broken on purpose.""
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import subprocess
@@ -62,6 +63,7 @@ KNOWN = {
 }
 
 
+@functools.cache  # one run per target, read by several tests
 def _random(name: str) -> Report:
     return run_random(make_target(name), inputs=RANDOM_INPUTS, seed=0)
 
