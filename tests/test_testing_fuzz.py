@@ -133,6 +133,12 @@ def test_the_random_engine_repeats_itself_for_a_seed() -> None:
     assert first.counts == again.counts
 
 
+def test_max_seconds_stops_an_engine() -> None:
+    # A deadline already passed: each engine stops after its first input.
+    assert run_random(make_target("parsers"), inputs=1000, max_seconds=-1).inputs == 1
+    assert run_hypothesis(make_target("parsers"), inputs=1000, max_seconds=-1).inputs == 0
+
+
 # --- the oracles fire -----------------------------------------------------------------
 
 
