@@ -9,6 +9,7 @@
 - ``relaypolicy.testing.audit``: the audit, in process or over SMTP (``relaypolicy audit``);
 - ``relaypolicy.testing.strategies``: Hypothesis strategies (imports Hypothesis);
 - ``relaypolicy.testing.pytest_plugin``: fixtures, loaded by pytest automatically.
+- ``relaypolicy.testing.fuzz``: the fuzz harness (``python -m relaypolicy.testing.fuzz``).
 """
 
 from relaypolicy.testing.assertions import (
