@@ -48,17 +48,11 @@ HYPOTHESIS_EXAMPLES = 100
 # Bugs the harness finds on this code, fixed on other branches. Each clean-run test below
 # that they break is marked xfail(strict=True): when the fix merges, the test passes, the
 # strict mark fails the run, and the mark comes off.
-IDNA_BUG = (
-    "Request() raises idna.InvalidCodepoint (a ValueError naming no field) for a recipient "
-    "whose domain holds U+2024 and the other code points idna refuses after UTS 46 mapping"
-)
 RECURSION_BUG = (
     "read_entries lets RecursionError escape for deeply nested JSON instead of raising "
     "TableFileError"
 )
 KNOWN = {
-    "request": "InvalidCodepoint at domains.py",
-    "codec": "InvalidCodepoint at domains.py",
     "loader": "RecursionError at persist.py",
 }
 
@@ -104,7 +98,6 @@ def test_request_target_accepts_no_relay_and_keeps_its_rules() -> None:
     assert report.counts[UNSAFE_ACCEPT] == report.counts[ORACLE] == report.counts[HANG] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=IDNA_BUG)
 def test_request_target_raises_nothing() -> None:
     assert _random("request").counts[EXCEPTION] == 0
 
@@ -114,7 +107,6 @@ def test_codec_keeps_its_rules() -> None:
     assert report.counts[ORACLE] == report.counts[HANG] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=IDNA_BUG + " (PolicyRequest.to_request, the same bug)")
 def test_codec_raises_nothing_but_its_documented_errors() -> None:
     assert _random("codec").counts[EXCEPTION] == 0
 
