@@ -16,7 +16,7 @@ from typing import NamedTuple, TypeAlias
 from relaypolicy.address import Address, parse_address
 from relaypolicy.domains import DomainError, normalize_domain
 from relaypolicy.iptable.base import IpTable
-from relaypolicy.model import Decision, Request, accept, defer, next_policy
+from relaypolicy.model import Decision, Request, accept, lookup_failure, next_policy
 
 __all__ = ["PopBeforeSmtp", "SenderBinding"]
 
@@ -154,7 +154,9 @@ class PopBeforeSmtp:
         return _compile(user, found)
 
     def _failure(self, what: str, exc: Exception) -> Decision:
-        return defer(451, "4.3.0", "Temporary lookup failure", self.name, f"{what}: {exc!r:.200}")
+        # A LookupFailure, not a plain DEFER: a chain still asks the policies after this
+        # one, so mail that needs no table (a local recipient) is taken while it is down.
+        return lookup_failure(self.name, f"{what}: {exc!r:.200}")
 
     def __repr__(self) -> str:
         bound = "" if self._bind is None else ", bind_sender=..."
