@@ -22,7 +22,7 @@ from relaypolicy import (
 )
 from relaypolicy.domains import DomainError
 from relaypolicy.fleet import StaleTable
-from relaypolicy.iptable import Login
+from relaypolicy.iptable import ExpiringIpTable, Login
 from relaypolicy.model import LookupFailure, lookup_failure
 from relaypolicy.policies import PopBeforeSmtp, mx_policy
 
@@ -148,11 +148,10 @@ def test_first_match_rejects_non_policies() -> None:
 # --- a step whose state cannot be read ---------------------------------------------------
 
 
-class DownTable:
+class DownTable(ExpiringIpTable):
     """An IP table whose every read fails, as a shared table cut off from its store."""
 
-    def __init__(self) -> None:
-        self.reads = 0
+    reads = 0
 
     def has_client(self, request: Request) -> bool:
         self.reads += 1
