@@ -26,6 +26,7 @@ from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
 from relaypolicy.policies.ports import ByServerPort
 
 if TYPE_CHECKING:
+    from relaypolicy.fleet import ReplicaTable
     from relaypolicy.watch.runner import WatchSettings
 
 __all__ = ["STEPS", "Config", "ConfigError", "load_config", "parse_config", "read_toml"]
@@ -158,7 +159,7 @@ class Config:
         }
         return ByServerPort(by_port, default=default_chain)
 
-    def make_pop_table(self, *, load: bool = True) -> ExpiringIpTable | None:
+    def make_pop_table(self, *, load: bool = True) -> ExpiringIpTable | ReplicaTable | None:
         """A new POP-before-SMTP table as configured (loaded from ``persist`` if set).
 
         With a Redis ``state`` it is a :class:`~relaypolicy.fleet.ReplicaTable`, not yet
