@@ -349,13 +349,15 @@ class ReplicaTable:
     def fleet_stats(self) -> dict[str, Any]:
         """What ``relaypolicy ctl stats`` shows of the replica."""
         since = self._clock() - self._contact
+        with self._lock:
+            unread = self._writes.unread(self._last_id)
         return {
             "state": self._state.redacted,
             "stale": since > self._max_staleness,
             "seconds-since-redis": round(since, 1) if since < math.inf else None,
             "stream-position": str(self._last_id),
             "pending-writes": len(self._writes.queued),
-            "unread-writes": len(self._writes.sent),
+            "unread-writes": unread,
             **self._counters,
             "last-error": self._last_error,
         }

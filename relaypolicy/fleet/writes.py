@@ -91,6 +91,12 @@ class Writes:
         while sent and sent[0].id is not None and sent[0].id <= position:
             self._forget(sent.popleft())
 
+    def unread(self, position: StreamId) -> int:
+        """How many sent writes are past ``position`` (a write the follower read before the
+        writer learnt its ID waits here until the next change or load, harmlessly: its
+        effect is what Redis has)."""
+        return sum(1 for write in self.sent if write.id is not None and write.id > position)
+
     def touches(self, entry: str) -> bool:
         """Whether a held write changes ``entry``."""
         return entry in self._entries
