@@ -18,6 +18,7 @@ from redis_instance import RedisInstance, running_redis
 
 from relaypolicy import FirstMatch, LocalDomainOnly, Request, Verdict
 from relaypolicy.fleet import ReplicaTable, StaleTable
+from relaypolicy.iptable import ExpiringIpTable, IpEntry, IpTable
 from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
 from relaypolicy.testing import FakeClock
 
@@ -254,6 +255,26 @@ def test_a_replica_that_never_reached_redis_defers_every_unknown_client(
     mx.record("192.0.2.1")  # recorded here: known locally even though Redis is away
     assert relay(chain(mx), "192.0.2.1") == ACCEPTED
     assert mx.fleet_stats()["pending-writes"] == 1
+
+
+def test_a_replica_is_an_ip_table_by_shape_and_checks_before_it_queues(
+    replicas: Callable[..., ReplicaTable],
+) -> None:
+    clock = FakeClock()
+    mx = replicas(f"redis://127.0.0.1:{free_port()}/0", start=False, timeout=0.5, clock=clock)
+    assert isinstance(mx, IpTable) and not isinstance(mx, ExpiringIpTable)
+    with pytest.raises(ValueError):
+        mx.record("mail.example")
+    with pytest.raises(ValueError):
+        mx.remove("mail.example")
+    with pytest.raises(TypeError):
+        mx.record("192.0.2.1", user="")
+    with pytest.raises(ValueError):
+        mx.record("192.0.2.1", ttl=-1)
+    assert mx.fleet_stats()["pending-writes"] == 0 and len(mx) == 0
+    mx.record("::ffff:192.0.2.1", user="taro", ttl=60)
+    assert mx.lookup("192.0.2.1") == IpEntry("192.0.2.1", clock() + 60, "taro")
+    assert mx.fleet_stats()["pending-writes"] == 1 and mx.changes > 0
 
 
 def test_machine_clocks_do_not_matter_only_redis_time(
