@@ -24,7 +24,7 @@ def test_writes_are_held_in_order_sent_then_queued() -> None:
     writes.sent_as(batch, [StreamId(5, 0), StreamId(6, 0)])
     assert list(writes) == [first, second, third] and len(writes) == 3
     assert (first.id, len(writes.sent), len(writes.queued)) == (StreamId(5, 0), 2, 1)
-    assert writes.on("192.0.2.1") == [first, third]
+    assert list(writes.on("192.0.2.1")) == [first, third]
     assert writes.touches("192.0.2.2") and not writes.touches("192.0.2.3")
     assert writes.unread(StreamId(5, 0)) == 1
 
@@ -63,3 +63,16 @@ def test_the_oldest_queued_writes_are_dropped_for_room() -> None:
     assert [w.address for w in writes.sent] == ["192.0.2.2"]
     assert [w.address for w in writes.queued] == ["192.0.2.3"]
     assert not writes.touches("192.0.2.1")
+
+
+def test_a_queued_write_dropped_behind_a_sent_one_leaves_its_entry_in_order() -> None:
+    writes = Writes(2)
+    w1, w2, w3, w4 = remove("a"), record("a"), remove("b"), record("a")
+    writes.add(w1)
+    writes.sent_as([w1], [StreamId(1, 0)])
+    for write in (w2, w3):
+        writes.add(write)
+    assert writes.add(w4) == 1  # w2 goes, from the middle of entry a's writes
+    assert list(writes.on("a")) == [w1, w4] and list(writes.on("b")) == [w3]
+    writes.read_back(StreamId(1, 0))
+    assert list(writes.on("a")) == [w4] and list(writes) == [w3, w4]

@@ -143,7 +143,9 @@ def test_a_watcher_on_the_pop_server_feeds_every_mta(
         stderr=subprocess.STDOUT,
     )
     try:
-        assert ask(mta_c, "127.0.0.21").startswith("554 5.7.1")
+        # A service takes requests before its first load (and defers relays until then).
+        eventually(lambda: ask(mta_a, "127.0.0.21").startswith("554 5.7.1"), "A is in sync")
+        eventually(lambda: ask(mta_c, "127.0.0.21").startswith("554 5.7.1"), "C is in sync")
         with log.open("a") as stream:
             stream.write(
                 time.strftime("%b %d %H:%M:%S")

@@ -44,7 +44,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relaypolicy.fleet.store import (
@@ -519,7 +519,9 @@ class ReplicaTable:
         except (KeyError, ValueError, TypeError):
             self._counters["bad-events"] += 1
 
-    def _beneath(self, address: str, expires: float, user: str | None, writes: list[Write]) -> None:
+    def _beneath(
+        self, address: str, expires: float, user: str | None, writes: Sequence[Write]
+    ) -> None:
         """Apply a change from Redis under this replica's unread writes to that entry:
         they are newer, so the entry ends as they make it (``expires`` is ``-inf`` for a
         removal). Set in one step, so a reader never sees the change without them."""

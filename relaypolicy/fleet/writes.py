@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import attrs
@@ -42,13 +42,15 @@ class Write:
 class Writes:
     """The replica's writes not yet read back from Redis (see the module doc)."""
 
-    __slots__ = ("_entries", "max_queued", "queued", "sent")
+    __slots__ = ("_by_entry", "max_queued", "queued", "sent")
 
     def __init__(self, max_queued: int) -> None:
         self.max_queued = max_queued
         self.sent: collections.deque[Write] = collections.deque()
         self.queued: collections.deque[Write] = collections.deque()
-        self._entries: collections.Counter[str] = collections.Counter()
+        # The same writes by entry, oldest first: a change from Redis looks up its entry's
+        # in O(1), however many are held (a long outage on a busy POP server).
+        self._by_entry: dict[str, collections.deque[Write]] = {}
 
     def __len__(self) -> int:
         return len(self.sent) + len(self.queued)
@@ -60,7 +62,11 @@ class Writes:
     def add(self, write: Write) -> int:
         """Queue ``write``; how many of the oldest queued writes were dropped for room."""
         self.queued.append(write)
-        self._entries[write.entry] += 1
+        held = self._by_entry.get(write.entry)
+        if held is None:
+            self._by_entry[write.entry] = collections.deque((write,))
+        else:
+            held.append(write)
         dropped = 0
         while len(self.queued) > self.max_queued:
             self._forget(self.queued.popleft())
@@ -99,15 +105,17 @@ class Writes:
 
     def touches(self, entry: str) -> bool:
         """Whether a held write changes ``entry``."""
-        return entry in self._entries
+        return entry in self._by_entry
 
-    def on(self, entry: str) -> list[Write]:
+    def on(self, entry: str) -> Sequence[Write]:
         """The held writes that change ``entry``, oldest first."""
-        return [write for write in self if write.entry == entry]
+        return self._by_entry.get(entry, ())
 
     def _forget(self, write: Write) -> None:
-        left = self._entries[write.entry] - 1
-        if left:
-            self._entries[write.entry] = left
-        else:
-            del self._entries[write.entry]
+        held = self._by_entry[write.entry]
+        if held[0] is write:  # the usual case: writes leave oldest first
+            held.popleft()
+        else:  # a queued one dropped or not sent, behind this entry's sent ones
+            held.remove(write)
+        if not held:
+            del self._by_entry[write.entry]
