@@ -125,6 +125,23 @@ def test_replace_takes_what_entries_gives(clock: FakeClock) -> None:
     assert len(copy) == 2 and copy.evictions == 1 and "192.0.2.2" in copy
 
 
+def test_replace_copies_another_table(table: ExpiringIpTable, clock: FakeClock) -> None:
+    source = ExpiringIpTable(60, clock=clock)
+    source.record("192.0.2.1", user="taro")
+    source.record("192.0.2.2", ttl=30)
+    table.record("198.51.100.1")
+    assert table.replace(source) == 2
+    assert table.entries() == source.entries()
+    source.remove("192.0.2.1")  # a copy: the source goes on alone
+    source.record("192.0.2.3")
+    assert [e.address for e in table.entries()] == ["192.0.2.2", "192.0.2.1"]
+    clock.advance(30)
+    assert table.expire() == 1 and "192.0.2.1" in table
+    with pytest.raises(ValueError, match="/64"):
+        table.replace(ExpiringIpTable(clock=clock, ipv6_prefix=64))
+    assert "192.0.2.1" in table
+
+
 def test_replace_checks_everything_before_it_changes_anything(table: ExpiringIpTable) -> None:
     table.record("192.0.2.1")
     before = table.entries()

@@ -451,7 +451,7 @@ class ReplicaTable:
                     staged.remove(write.address)
                 elif write.deadline > now:
                     staged.record_until(write.address, write.deadline, user=write.user or None)
-            loaded = table.replace(staged.entries())
+            loaded = table.replace(staged)
             self._run_id = info.get("run_id", "")
             self._last_id = position
             self._last_seq = int(seq or 0)

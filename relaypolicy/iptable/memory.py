@@ -519,40 +519,59 @@ class ExpiringIpTable:
                     heappush(self._heap, (expires, key))
                 self._compact()  # the old queue item went stale
 
-    def replace(self, entries: Iterable[tuple[str, float, str | None]]) -> int:
+    def replace(self, entries: Iterable[tuple[str, float, str | None]] | ExpiringIpTable) -> int:
         """Make ``entries`` the whole content of the table, at once; how many are live.
 
-        Each entry is ``(address, expires_at, user)`` as :class:`IpEntry
-        <relaypolicy.iptable.base.IpEntry>` has it: an address or IPv6 network, a time on
-        the table's clock, a login name or ``None``; past times are skipped. The new
-        content is built aside and swapped in under the lock, so a reader sees the old
-        table or the new one, never a mix of entries from both. Counts as one change.
-        Raises :class:`ValueError` (before anything changes) for an entry that is no
-        address, or :class:`TypeError` for a bad time or user.
+        ``entries`` is rows ``(address, expires_at, user)`` as :class:`IpEntry
+        <relaypolicy.iptable.base.IpEntry>` has them (an address or IPv6 network, a time on
+        the table's clock, a login name or ``None``; past times are skipped), or another
+        :class:`ExpiringIpTable` on the same clock and ``ipv6_prefix``, whose content is
+        copied as it is (cheaply: no address is parsed again, no limit applied again). The new content is built aside and
+        swapped in under the lock, so a reader sees the old table or the new one, never a
+        mix of entries from both, and an entry in both is never missing. Counts as one
+        change. Raises :class:`ValueError` (before anything changes) for an entry that is
+        no address or a table grouped by another prefix, :class:`TypeError` for a bad
+        time or user.
         """
-        fresh = ExpiringIpTable(
-            self._ttl,
-            clock=self._clock,
-            max_entries=self._max_entries,
-            ipv6_prefix=self._ipv6_prefix,
-        )
-        rows = sorted(entries, key=_second)  # so the FIFO takes them in order
-        now = self._clock()
-        for address, expires_at, user in rows:
-            key = fresh._saved_key(address)
-            expires = _check_time(expires_at)
-            _check_user(user)
-            if key is not None and expires > now:
-                fresh._put(key, expires, user, now)
+        if isinstance(entries, ExpiringIpTable):
+            if entries._ipv6_prefix != self._ipv6_prefix:
+                raise ValueError(
+                    f"entries: a table grouped by /{entries._ipv6_prefix}, not /{self._ipv6_prefix}"
+                )
+            with entries._lock:
+                expiry = dict(entries._expiry)
+                users = dict(entries._users)
+                times = deque(entries._times)
+                keys = deque(entries._keys)
+                heap = list(entries._heap)
+            evicted = 0
+        else:
+            fresh = ExpiringIpTable(
+                self._ttl,
+                clock=self._clock,
+                max_entries=self._max_entries,
+                ipv6_prefix=self._ipv6_prefix,
+            )
+            rows = sorted(entries, key=_second)  # so the FIFO takes them in order
+            now = self._clock()
+            for address, expires_at, user in rows:
+                key = fresh._saved_key(address)
+                expires = _check_time(expires_at)
+                _check_user(user)
+                if key is not None and expires > now:
+                    fresh._put(key, expires, user, now)
+            expiry, users = fresh._expiry, fresh._users
+            times, keys, heap = fresh._times, fresh._keys, fresh._heap
+            evicted = fresh._evictions
         with self._lock:  # the login names first, as writers do (see the class docstring)
-            self._users = fresh._users
-            self._expiry = fresh._expiry
-            self._times = fresh._times
-            self._keys = fresh._keys
-            self._heap = fresh._heap
-            self._evictions += fresh._evictions
+            self._users = users
+            self._expiry = expiry
+            self._times = times
+            self._keys = keys
+            self._heap = heap
+            self._evictions += evicted
             self._changes += 1
-        return len(fresh._expiry)
+        return len(expiry)
 
     def _pop(self, key: int) -> None:
         # Call with the lock held: the expiry goes before the login name.
