@@ -513,8 +513,8 @@ def test_a_change_from_another_server_goes_beneath_this_servers_unsent_writes(
     """A server whose writes Redis refuses (its ACL user may not write yet) keeps its own
     unsent writes over what the others change meanwhile: a removal it made stays removed
     when another server records the address, and a login it recorded keeps exactly its own
-    time when another server removes the address; once it may write, Redis and every
-    replica end as its writes, the newer ones, say."""
+    time when another server removes the address, through a reconnect as well; once it
+    may write, Redis and every replica end as its writes, the newer ones, say."""
     acl = "user mx on >pw ~* &* +@all -@write\n"
     with running_redis(acl) as server:
         port = server.port
@@ -524,25 +524,35 @@ def test_a_change_from_another_server_goes_beneath_this_servers_unsent_writes(
         other.record(removed, user="old", ttl=3600)
         other.record(kept, user="old", ttl=3600)
         wait_until(lambda: removed in mx and kept in mx, "the logins reach mx")
-        mx.remove(removed)
-        mx.record(kept, user="mine", ttl=60)
-        events = mx.fleet_stats()["events"]
-        other.record(removed, user="meanwhile", ttl=3600)  # older than mx's removal
-        other.remove(kept)  # older than mx's login
-        wait_until(lambda: mx.fleet_stats()["events"] >= events + 2, "mx reads both changes")
-        assert removed not in mx
-        entry = mx.lookup(kept)
-        assert entry is not None and entry.user == "mine"
-        assert entry.expires_at - mx.clock() <= 60  # not the 3600 s the removal ended
-        assert mx.fleet_stats()["pending-writes"] == 2  # still refused by Redis
-        server.client().acl_setuser("mx", enabled=True, passwords=["+pw"], commands=["+@write"])
-        wait_until(
-            lambda: mx.fleet_stats()["unread-writes"] + mx.fleet_stats()["pending-writes"] == 0,
-            "mx's writes are read back",
-        )
-        for table in (mx, other):
-            wait_until(holds(table, removed, False), "the removal wins everywhere")
-            wait_until(login_of(table, kept, "mine"), "mx's login wins everywhere")
+        with Checker(mx, removed) as checker:
+            mx.remove(removed)
+            mx.record(kept, user="mine", ttl=60)
+            events = mx.fleet_stats()["events"]
+            other.record(removed, user="meanwhile", ttl=3600)  # older than mx's removal
+            other.remove(kept)  # older than mx's login
+            wait_until(lambda: mx.fleet_stats()["events"] >= events + 2, "mx reads both")
+            assert removed not in mx
+            entry = mx.lookup(kept)
+            assert entry is not None and entry.user == "mine"
+            assert entry.expires_at - mx.clock() <= 60  # not the 3600 s the removal ended
+            assert mx.fleet_stats()["pending-writes"] == 2  # still refused by Redis
+            # Cut off and back: mx reconnects and resumes where it was, writes still held.
+            loads = mx.fleet_stats()["loads"]
+            assert server.client().client_kill_filter(_type="normal", user="mx") >= 1
+            other.record(removed, user="again", ttl=3600)
+            wait_until(lambda: mx.fleet_stats()["events"] >= events + 3, "mx resumes")
+            assert mx.fleet_stats()["loads"] == loads
+            checker.wait_polls(20)
+            server.client().acl_setuser("mx", enabled=True, passwords=["+pw"], commands=["+@write"])
+            wait_until(
+                lambda: mx.fleet_stats()["unread-writes"] + mx.fleet_stats()["pending-writes"] == 0,
+                "mx's writes are read back",
+            )
+            for table in (mx, other):
+                wait_until(holds(table, removed, False), "the removal wins everywhere")
+                wait_until(login_of(table, kept, "mine"), "mx's login wins everywhere")
+            checker.wait_polls(20)
+        assert checker.live == []
         assert server.client().zscore(EXPIRY, removed) is None
 
 
