@@ -96,9 +96,8 @@ def _check_time(when: object) -> float:
         raise TypeError(f"expires_at: expected a time as a number, got {type(when).__name__}")
     if not math.isfinite(when):
         raise ValueError(f"expires_at: must be finite, not {when!r}")
-    return (
-        float(when) + 0.0
-    )  # a float object of its own: the queue tells versions apart by identity
+    # A float object of its own: the expiry queue tells versions apart by identity.
+    return float(when) + 0.0
 
 
 def _check_user(user: object) -> None:
@@ -526,12 +525,12 @@ class ExpiringIpTable:
         <relaypolicy.iptable.base.IpEntry>` has them (an address or IPv6 network, a time on
         the table's clock, a login name or ``None``; past times are skipped), or another
         :class:`ExpiringIpTable` on the same clock and ``ipv6_prefix``, whose content is
-        copied as it is (cheaply: no address is parsed again, no limit applied again). The new content is built aside and
-        swapped in under the lock, so a reader sees the old table or the new one, never a
-        mix of entries from both, and an entry in both is never missing. Counts as one
-        change. Raises :class:`ValueError` (before anything changes) for an entry that is
-        no address or a table grouped by another prefix, :class:`TypeError` for a bad
-        time or user.
+        copied as it is (cheaply: no address is parsed again, no limit applied again). The
+        new content is built aside and swapped in under the lock, so a reader sees the old
+        table or the new one, never a mix of entries from both, and an entry in both is
+        never missing. Counts as one change. Raises :class:`ValueError` (before anything
+        changes) for an entry that is no address or a table grouped by another prefix,
+        :class:`TypeError` for a bad time or user.
         """
         if isinstance(entries, ExpiringIpTable):
             if entries._ipv6_prefix != self._ipv6_prefix:
