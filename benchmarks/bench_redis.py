@@ -30,6 +30,7 @@ from pathlib import Path
 from relaypolicy import FirstMatch, LocalDomainOnly, Request
 from relaypolicy.fleet import ReplicaTable
 from relaypolicy.iptable import ExpiringIpTable
+from relaypolicy.iptable.base import IpTable
 from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
 
 
@@ -103,7 +104,7 @@ def decisions(url: str, entries: int, requests: int, repeat: int) -> tuple[float
         for n in range(requests)
     ]
     best = {"memory": float("inf"), "replica": float("inf")}
-    tables = {"memory": memory, "replica": replica}
+    tables: dict[str, IpTable] = {"memory": memory, "replica": replica}
     try:
         for _ in range(repeat):
             for name in ("memory", "replica"):

@@ -15,14 +15,16 @@ from typing import Any, NamedTuple
 
 from relaypolicy.address import Address, parse_address
 from relaypolicy.networks import IPAddress, parse_ip
-from relaypolicy.replies import OK
+from relaypolicy.replies import OK, TEMPORARY_LOOKUP_FAILURE
 
 __all__ = [
     "Decision",
+    "LookupFailure",
     "Request",
     "Verdict",
     "accept",
     "defer",
+    "lookup_failure",
     "next_policy",
     "reject",
 ]
@@ -100,6 +102,26 @@ def defer(code: int, status: str, text: str, policy: str, reason: str) -> Decisi
     if not 400 <= code <= 499:
         raise ValueError(f"a deferral needs a 4xx code, not {code}")
     return Decision(Verdict.DEFER, code, status, text, policy, reason)
+
+
+class LookupFailure(Decision):
+    """A DEFER given because the state a policy needs cannot be read (a table that is down).
+
+    It says "I cannot tell", not "no": a chain keeps asking the policies after it, lets a
+    later ACCEPT stand (that policy did not need the unreadable state: mail for a local
+    domain, an authenticated client) and turns every other outcome into this deferral, so
+    nothing is ever relayed, or refused for good, on state nobody could read. Compares equal
+    to the plain :class:`Decision` with the same fields; build one with
+    :func:`lookup_failure`.
+    """
+
+    __slots__ = ()
+
+
+def lookup_failure(policy: str, reason: str) -> LookupFailure:
+    """``451 4.3.0 Temporary lookup failure`` (Postfix's wording for a table it cannot read,
+    RFC 3463 X.3.0), marked as a :class:`LookupFailure`."""
+    return LookupFailure(Verdict.DEFER, *TEMPORARY_LOOKUP_FAILURE, policy, reason)
 
 
 def _port(value: int | str | None, field: str) -> int:

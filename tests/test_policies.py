@@ -21,6 +21,10 @@ from relaypolicy import (
     normalize_domain,
 )
 from relaypolicy.domains import DomainError
+from relaypolicy.fleet import StaleTable
+from relaypolicy.iptable import ExpiringIpTable, Login
+from relaypolicy.model import LookupFailure, lookup_failure
+from relaypolicy.policies import PopBeforeSmtp, mx_policy
 
 LOCAL = ["local.test", "xn--r8jz45g.jp", "[192.0.2.1]"]
 RELAY = ["relay.test"]
@@ -141,6 +145,148 @@ def test_first_match_rejects_non_policies() -> None:
         FirstMatch(object())  # type: ignore[arg-type]
 
 
+# --- a step whose state cannot be read ---------------------------------------------------
+
+
+class DownTable(ExpiringIpTable):
+    """An IP table whose every read fails, as a shared table cut off from its store."""
+
+    reads = 0
+
+    def has_client(self, request: Request) -> bool:
+        self.reads += 1
+        raise StaleTable("shared table stale: Redis last heard from 60.0 s ago")
+
+    def client_login(self, request: Request) -> Login | None:
+        self.reads += 1
+        raise StaleTable("shared table stale: Redis last heard from 60.0 s ago")
+
+
+class Fixed:
+    """A policy that always gives ``decision``."""
+
+    name = "fixed"
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.asked = 0
+
+    def check(self, request: Request) -> Decision:
+        self.asked += 1
+        return self.decision
+
+
+LOOKUP_FAILED = (Verdict.DEFER, "451 4.3.0 Temporary lookup failure", "PopBeforeSmtp")
+
+
+def outcome(decision: Decision) -> tuple[Verdict, str, str]:
+    return decision.verdict, str(decision), decision.policy
+
+
+@pytest.mark.parametrize("bind_sender", [None, {"alice": "@local.test"}])
+def test_an_unreadable_table_still_lets_local_mail_in_and_defers_relays(
+    bind_sender: dict[str, str] | None,
+) -> None:
+    pop = PopBeforeSmtp(DownTable(), bind_sender=bind_sender)
+    mx = FirstMatch(trusted, pop, local_only)
+    for recipient, reason in [("x@local.test", "local"), ("x@mx.relay.test", "relay-domain")]:
+        decision = mx.check(req(recipient, sender="alice@local.test"))
+        assert (decision.verdict, decision.reason) == (Verdict.ACCEPT, reason)
+    relayed = mx.check(req("friend@aho.jp", sender="alice@local.test"))
+    assert outcome(relayed) == LOOKUP_FAILED  # never 554: the client may be a POP user
+    assert isinstance(relayed, LookupFailure)
+    assert relayed.reason.startswith("table-error: StaleTable(")
+    assert outcome(mx.check(req("x%aho.jp@local.test"))) == LOOKUP_FAILED  # routing: held
+    assert mx.check(req("friend@aho.jp", "192.0.2.1")).reason == "trusted-network"
+    assert mx.check(req("x@aho.jp\r\n")).reason == "syntax"  # before any policy
+
+
+def test_a_lookup_failure_is_a_defer_marked_once_in_the_core() -> None:
+    failure = lookup_failure("p", "table-error: boom")
+    assert isinstance(failure, LookupFailure) and isinstance(failure, Decision)
+    assert outcome(failure) == (Verdict.DEFER, "451 4.3.0 Temporary lookup failure", "p")
+    plain = Decision(*failure)
+    assert plain == failure and plain.__class__ is Decision  # a plain copy is no marker
+    assert FirstMatch(Fixed(plain), local_only).check(req("x@local.test")) is plain
+
+
+def test_after_a_lookup_failure_only_an_accept_stands() -> None:
+    failure = lookup_failure("down", "table-error: boom")
+    refused = Decision(Verdict.REJECT, 550, "5.7.1", "No", "later", "no")
+    deferred = Decision(Verdict.DEFER, 450, "4.7.1", "Later", "later", "later")
+    accepted = Decision(Verdict.ACCEPT, 250, "2.1.5", "Ok", "later", "yes")
+    for later in (refused, deferred):
+        after = Fixed(accepted)
+        chain = FirstMatch(Fixed(failure), Fixed(later), after)
+        assert chain.check(req("x@aho.jp")) is failure
+        assert after.asked == 0  # first match: the REJECT/DEFER ended the chain
+    assert FirstMatch(Fixed(failure), Fixed(accepted)).check(req("x@aho.jp")) is accepted
+    # NEXT and another "cannot tell" are passed over; the first failure is the one held.
+    other = lookup_failure("other", "table-error: also down")
+    passed = FirstMatch(Fixed(failure), trusted, Fixed(other), Fixed(accepted))
+    assert passed.check(req("x@aho.jp")) is accepted
+    held = FirstMatch(Fixed(failure), Fixed(other), Fixed(refused))
+    assert held.check(req("x@aho.jp")) is failure
+
+
+@pytest.mark.parametrize("default", list(Verdict))
+def test_after_a_lookup_failure_a_default_verdict_is_the_held_deferral(
+    default: Verdict,
+) -> None:
+    failure = lookup_failure("down", "table-error: boom")
+    chain = FirstMatch(Fixed(failure), trusted, default=default)
+    assert chain.check(req("x@aho.jp")) is failure
+    assert chain.check(req("x@local.test")) is failure
+
+
+def test_after_a_lookup_failure_a_default_policy_is_asked() -> None:
+    failure = lookup_failure("down", "table-error: boom")
+    chain = FirstMatch(Fixed(failure), default=local_only)
+    assert chain.check(req("x@local.test")).reason == "local"
+    assert chain.check(req("x@aho.jp")) is failure
+
+
+def test_the_same_policy_twice_is_asked_from_where_it_failed() -> None:
+    table = DownTable()
+    pop = PopBeforeSmtp(table)
+    chain = FirstMatch(pop, trusted, pop, local_only)
+    assert chain.check(req("x@local.test")).reason == "local"
+    assert table.reads == 2  # both places were asked, each once
+    assert outcome(chain.check(req("x@aho.jp"))) == LOOKUP_FAILED
+
+
+def test_nested_chains_hold_a_lookup_failure_the_same_way() -> None:
+    pop = PopBeforeSmtp(DownTable())
+    flat = FirstMatch(trusted, pop, local_only)
+    inner_pop = FirstMatch(pop, default=Verdict.NEXT, name="inner")
+    inner_local = FirstMatch(pop, local_only, name="inner")
+    inner_rejecting = FirstMatch(trusted, pop, name="inner")  # default REJECT
+    nested = [
+        FirstMatch(trusted, inner_pop, local_only, name="outer"),
+        FirstMatch(trusted, inner_local, name="outer"),
+        FirstMatch(inner_rejecting, local_only, name="outer"),
+        FirstMatch(FirstMatch(FirstMatch(trusted, pop, default=Verdict.NEXT)), local_only),
+    ]
+    for recipient in ["x@local.test", "x@mx.relay.test", "x@aho.jp", "x%aho.jp@local.test"]:
+        for client in ["203.0.113.7", "192.0.2.1"]:
+            expected = flat.check(req(recipient, client))
+            for chain in nested:
+                decision = chain.check(req(recipient, client))
+                assert (decision.verdict, str(decision), decision.reason) == (
+                    expected.verdict,
+                    str(expected),
+                    expected.reason,
+                ), (chain, recipient, client)
+
+
+def test_the_mx_recipe_with_an_unreadable_table() -> None:
+    mx = mx_policy(["local.test"], pop_table=DownTable())
+    assert mx.check(req("x@local.test")).reason == "local"
+    authenticated = req("friend@aho.jp", sasl_username="alice", sasl_method="PLAIN")
+    assert mx.check(authenticated).verdict is Verdict.ACCEPT  # SMTP AUTH needs no table
+    assert outcome(mx.check(req("friend@aho.jp"))) == LOOKUP_FAILED
+
+
 # --- laws ---------------------------------------------------------------------------------
 
 # A configured domain, written in any of the ways that mean it.
@@ -248,6 +394,23 @@ def test_check_never_raises_on_decoded_bytes(recipient: bytes) -> None:
     assert decision.verdict in (Verdict.ACCEPT, Verdict.REJECT)
     if any(ord(c) < 0x20 for c in text):
         assert decision.reason == "syntax"
+
+
+@settings(max_examples=500)
+@given(recipient=st.text(max_size=60), client=st.sampled_from(["203.0.113.7", "2001:db9::1"]))
+def test_an_unreadable_table_never_relays_nor_refuses_for_good(recipient: str, client: str) -> None:
+    """With the table down, an untrusted client's recipient is taken exactly when it is
+    ours; any other well-formed one is deferred (never 554: the client may be a POP user)."""
+    mx = FirstMatch(trusted, PopBeforeSmtp(DownTable()), local_only)
+    request = req(recipient, client)
+    decision = mx.check(request)
+    ours = local_only.check(request)
+    if ours.verdict is Verdict.ACCEPT:
+        assert decision == ours
+    elif ours.reason == "syntax":
+        assert str(decision) == "501 5.1.3 Bad recipient address syntax"
+    else:
+        assert outcome(decision) == LOOKUP_FAILED, (recipient, decision)
 
 
 def test_relay_domain_answers_are_remembered_boundedly() -> None:

@@ -7,6 +7,7 @@ Staleness is driven by a fake clock, not by sleeping.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from realservers import free_port
 from redis_instance import RedisInstance, running_redis
 
 from relaypolicy import FirstMatch, LocalDomainOnly, Request, Verdict
-from relaypolicy.fleet import ReplicaTable
+from relaypolicy.fleet import ReplicaTable, StaleTable
+from relaypolicy.iptable import ExpiringIpTable, IpEntry, IpTable
 from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
 from relaypolicy.testing import FakeClock
 
@@ -59,6 +61,14 @@ def holds(table: ReplicaTable, address: str, present: bool = True) -> Callable[[
     return lambda: (address in table) is present
 
 
+def login_of(table: ReplicaTable, address: str, user: str) -> Callable[[], bool]:
+    def check() -> bool:
+        entry = table.lookup(address)
+        return entry is not None and entry.user == user
+
+    return check
+
+
 def chain(table: ReplicaTable) -> FirstMatch:
     return FirstMatch(PopBeforeSmtp(table), LocalDomainOnly(["example.org"]))
 
@@ -71,6 +81,52 @@ def relay(policy: FirstMatch, client: str) -> tuple[Verdict, int, str]:
 ACCEPTED = (Verdict.ACCEPT, 250, "2.1.5")
 REFUSED = (Verdict.REJECT, 554, "5.7.1")
 DEFERRED = (Verdict.DEFER, 451, "4.3.0")
+EXPIRY = "{relaypolicy:pop}:expiry"
+
+
+class Checker:
+    """Asks a replica about one address every couple of milliseconds, from a thread of its
+    own, the three ways a server does (``has_client`` on the policy's path, ``lookup``,
+    ``in``) plus a decision of the classic chain, and notes every answer that says live."""
+
+    def __init__(self, table: ReplicaTable, address: str) -> None:
+        self.table = table
+        self.address = address
+        self.policy = chain(table)
+        self.request = Request(client_address=address, recipient="friend@aho.jp")
+        self.polls = 0
+        self.live: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Checker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        table, address = self.table, self.address
+        while not self._stop.wait(0.002):
+            try:
+                if table.has_client(self.request):
+                    self.live.append(f"has_client, poll {self.polls}")
+            except StaleTable:
+                pass  # unknown while stale: not live
+            if table.lookup(address) is not None:
+                self.live.append(f"lookup, poll {self.polls}")
+            if address in table:
+                self.live.append(f"in, poll {self.polls}")
+            if self.policy.check(self.request).verdict is Verdict.ACCEPT:
+                self.live.append(f"chain ACCEPT, poll {self.polls}")
+            self.polls += 1
+
+    def wait_polls(self, count: int) -> None:
+        """Let the checker ask ``count`` more times (a bounded real-time wait)."""
+        target = self.polls + count
+        wait_until(lambda: self.polls >= target, f"{count} more polls")
 
 
 def test_a_login_recorded_through_one_is_honoured_by_the_others(
@@ -199,6 +255,26 @@ def test_a_replica_that_never_reached_redis_defers_every_unknown_client(
     mx.record("192.0.2.1")  # recorded here: known locally even though Redis is away
     assert relay(chain(mx), "192.0.2.1") == ACCEPTED
     assert mx.fleet_stats()["pending-writes"] == 1
+
+
+def test_a_replica_is_an_ip_table_by_shape_and_checks_before_it_queues(
+    replicas: Callable[..., ReplicaTable],
+) -> None:
+    clock = FakeClock()
+    mx = replicas(f"redis://127.0.0.1:{free_port()}/0", start=False, timeout=0.5, clock=clock)
+    assert isinstance(mx, IpTable) and not isinstance(mx, ExpiringIpTable)
+    with pytest.raises(ValueError):
+        mx.record("mail.example")
+    with pytest.raises(ValueError):
+        mx.remove("mail.example")
+    with pytest.raises(TypeError):
+        mx.record("192.0.2.1", user="")
+    with pytest.raises(ValueError):
+        mx.record("192.0.2.1", ttl=-1)
+    assert mx.fleet_stats()["pending-writes"] == 0 and len(mx) == 0
+    mx.record("::ffff:192.0.2.1", user="taro", ttl=60)
+    assert mx.lookup("192.0.2.1") == IpEntry("192.0.2.1", clock() + 60, "taro")
+    assert mx.fleet_stats()["pending-writes"] == 1 and mx.changes > 0
 
 
 def test_machine_clocks_do_not_matter_only_redis_time(
@@ -337,3 +413,192 @@ def test_rediss_url_reaches_redis_over_tls(
         # real-time: a bounded wait for a sync that must not happen (untrusted cert).
         assert not untrusting.wait_synced(timeout=1.5)
         assert untrusting.fleet_stats()["stale"] is True
+
+
+# --- a removal wins over every older state ------------------------------------------------
+
+
+@pytest.mark.parametrize("refuse_writes", [False, True], ids=["restart", "restart-no-writes"])
+def test_a_removal_made_while_redis_is_down_never_comes_back(
+    redis_server: RedisInstance, replicas: Callable[..., ReplicaTable], refuse_writes: bool
+) -> None:
+    """Recorded (and in Redis' append-only file), removed while Redis is down, Redis back
+    from that file with the address in it: the replica never says the address is live again,
+    polled every few ms through the restart, the reload and the resync. With
+    ``refuse_writes`` the restarted Redis refuses writes for a while (``min-replicas-to-
+    write``), as one waiting for its replicas does: the replica reloads while its removal
+    cannot be sent, so the file's old entry is all Redis has to say."""
+    address = "192.0.2.60"
+    mx = replicas(redis_server.url)
+    other = replicas(redis_server.url)
+    client = redis_server.client()
+    mx.record(address, user="leaving")
+    wait_until(lambda: client.zscore(EXPIRY, address) is not None, "the login reaches Redis")
+    wait_until(holds(other, address), "the login reaches the other server")
+    redis_server.stop()
+    assert mx.remove(address)
+    with Checker(mx, address) as checker:
+        checker.wait_polls(20)
+        loads = mx.fleet_stats()["loads"]
+        if refuse_writes:
+            redis_server.extra = "min-replicas-to-write 1\nmin-replicas-max-lag 10\n"
+        redis_server.start()  # from the append-only file: the address is back in Redis
+        client = redis_server.client()
+        wait_until(lambda: mx.fleet_stats()["loads"] > loads, "the replica reloads")
+        if refuse_writes:
+            checker.wait_polls(100)  # the reloaded replica, its removal still unsent
+            assert client.zscore(EXPIRY, address) is not None
+            assert mx.fleet_stats()["pending-writes"] == 1
+            client.config_set("min-replicas-to-write", 0)
+        wait_until(lambda: client.zscore(EXPIRY, address) is None, "the removal reaches Redis")
+        wait_until(lambda: mx.fleet_stats()["unread-writes"] == 0, "it is read back")
+        wait_until(holds(other, address, False), "the removal reaches the other server")
+        checker.wait_polls(50)
+    assert checker.live == []
+    assert address not in mx and mx.lookup(address) is None
+
+
+def test_a_login_after_a_removal_wins_and_never_flickers(
+    redis_server: RedisInstance, replicas: Callable[..., ReplicaTable]
+) -> None:
+    """The other order: removed, then recorded again, both while Redis is down. The later
+    login stands through the restart, on this server and then on the others."""
+    address = "192.0.2.61"
+    mx = replicas(redis_server.url)
+    other = replicas(redis_server.url)
+    mx.record(address, user="first", ttl=3600)
+    wait_until(holds(other, address), "the first login reaches the other server")
+    redis_server.stop()
+    mx.remove(address)
+    mx.record(address, user="second", ttl=600)
+    request = Request(client_address=address, recipient="friend@aho.jp")
+    missing: list[int] = []
+    polls = 0
+    redis_server.extra = "min-replicas-to-write 1\nmin-replicas-max-lag 10\n"
+    loads = mx.fleet_stats()["loads"]
+    redis_server.start()
+    client = redis_server.client()
+
+    def poll() -> None:
+        nonlocal polls
+        polls += 1
+        entry = mx.lookup(address)
+        if not mx.has_client(request) or entry is None or entry.user != "second":
+            missing.append(polls)
+
+    def reloaded() -> bool:
+        poll()
+        return bool(mx.fleet_stats()["loads"] > loads)
+
+    wait_until(reloaded, "the replica reloads while its writes wait")
+    client.config_set("min-replicas-to-write", 0)
+
+    def settled() -> bool:
+        poll()
+        entry = other.lookup(address)
+        return (
+            entry is not None and entry.user == "second" and not mx.fleet_stats()["unread-writes"]
+        )
+
+    wait_until(settled, "both writes reach Redis and the other server")
+    assert missing == []
+    entry = mx.lookup(address)
+    assert entry is not None and entry.expires_at - mx.clock() <= 600  # the first one is gone
+    assert client.hget("{relaypolicy:pop}:users", address) == "second"
+
+
+def test_a_change_from_another_server_goes_beneath_this_servers_unsent_writes(
+    replicas: Callable[..., ReplicaTable],
+) -> None:
+    """A server whose writes Redis refuses (its ACL user may not write yet) keeps its own
+    unsent writes over what the others change meanwhile: a removal it made stays removed
+    when another server records the address, and a login it recorded keeps exactly its own
+    time when another server removes the address, through a reconnect as well; once it
+    may write, Redis and every replica end as its writes, the newer ones, say."""
+    acl = "user mx on >pw ~* &* +@all -@write\n"
+    with running_redis(acl) as server:
+        port = server.port
+        mx = replicas(f"redis://mx:pw@127.0.0.1:{port}/0")
+        other = replicas(server.url)
+        removed, kept = "192.0.2.70", "192.0.2.71"
+        other.record(removed, user="old", ttl=3600)
+        other.record(kept, user="old", ttl=3600)
+        wait_until(lambda: removed in mx and kept in mx, "the logins reach mx")
+        with Checker(mx, removed) as checker:
+            mx.remove(removed)
+            mx.record(kept, user="mine", ttl=60)
+            events = mx.fleet_stats()["events"]
+            other.record(removed, user="meanwhile", ttl=3600)  # older than mx's removal
+            other.remove(kept)  # older than mx's login
+            wait_until(lambda: mx.fleet_stats()["events"] >= events + 2, "mx reads both")
+            assert removed not in mx
+            entry = mx.lookup(kept)
+            assert entry is not None and entry.user == "mine"
+            assert entry.expires_at - mx.clock() <= 60  # not the 3600 s the removal ended
+            assert mx.fleet_stats()["pending-writes"] == 2  # still refused by Redis
+            # Cut off and back: mx reconnects and resumes where it was, writes still held.
+            loads = mx.fleet_stats()["loads"]
+            assert server.client().client_kill_filter(_type="normal", user="mx") >= 1
+            other.record(removed, user="again", ttl=3600)
+            wait_until(lambda: mx.fleet_stats()["events"] >= events + 3, "mx resumes")
+            assert mx.fleet_stats()["loads"] == loads
+            checker.wait_polls(20)
+            server.client().acl_setuser("mx", enabled=True, passwords=["+pw"], commands=["+@write"])
+            wait_until(
+                lambda: mx.fleet_stats()["unread-writes"] + mx.fleet_stats()["pending-writes"] == 0,
+                "mx's writes are read back",
+            )
+            for table in (mx, other):
+                wait_until(holds(table, removed, False), "the removal wins everywhere")
+                wait_until(login_of(table, kept, "mine"), "mx's login wins everywhere")
+            checker.wait_polls(20)
+        assert checker.live == []
+        assert server.client().zscore(EXPIRY, removed) is None
+
+
+def test_two_servers_writing_while_redis_is_away_end_alike(
+    redis_server: RedisInstance, replicas: Callable[..., ReplicaTable]
+) -> None:
+    """One server removes, the other records the same address while Redis is down: when
+    Redis is back, both servers and Redis end in the same state, the one of the write Redis
+    took last."""
+    address = "192.0.2.80"
+    mx1, mx2 = replicas(redis_server.url), replicas(redis_server.url)
+    mx1.record(address, ttl=3600)
+    wait_until(holds(mx2, address), "the login reaches mx2")
+    redis_server.stop()
+    mx1.remove(address)
+    mx2.record(address, user="back", ttl=600)
+    redis_server.start()
+    client = redis_server.client()
+
+    def settled() -> bool:
+        stats = [mx.fleet_stats() for mx in (mx1, mx2)]
+        return all(s["pending-writes"] == 0 and s["unread-writes"] == 0 for s in stats)
+
+    wait_until(settled, "both writes are read back")
+    in_redis = client.zscore(EXPIRY, address) is not None
+    for mx in (mx1, mx2):
+        wait_until(holds(mx, address, in_redis), "every server agrees with Redis")
+
+
+# --- a stale server still takes its own mail ----------------------------------------------
+
+
+def test_a_server_cut_off_takes_mail_for_its_own_domains_and_defers_relays(
+    redis_server: RedisInstance, replicas: Callable[..., ReplicaTable]
+) -> None:
+    clock = FakeClock()
+    mx = replicas(redis_server.url, clock=clock, max_staleness=10)
+    policy = chain(mx)
+    redis_server.pause()
+    clock.advance(11)  # cut off for longer than max_staleness
+    assert mx.stale
+    local = policy.check(Request(client_address="192.0.2.90", recipient="postmaster@example.org"))
+    assert (local.verdict, local.code, local.reason) == (Verdict.ACCEPT, 250, "local")
+    assert relay(policy, "192.0.2.90") == DEFERRED  # a relay: never accepted, never 554
+    routed = policy.check(Request(client_address="192.0.2.90", recipient="x%aho.jp@example.org"))
+    assert (routed.verdict, routed.code, routed.status) == DEFERRED
+    redis_server.resume()
+    wait_until(lambda: not mx.stale, "the replica hears from Redis again")
+    assert relay(policy, "192.0.2.90") == REFUSED

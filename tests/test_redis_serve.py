@@ -10,6 +10,7 @@ when Redis comes back from its append-only file.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,12 +36,13 @@ steps = ["pop_before_smtp", "local_domains"]
 """
 
 
-def ask(service: Service, client: str) -> str:
-    """The action `relaypolicy serve` gives for relaying from ``client``."""
+def ask(service: Service, client: str, recipient: str = "friend@elsewhere.test") -> str:
+    """The action `relaypolicy serve` gives for ``recipient`` (by default a relay) from
+    ``client``."""
     request = (
         "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
         f"client_address={client}\nsender=someone@local.test\n"
-        "recipient=friend@elsewhere.test\n\n"
+        f"recipient={recipient}\n\n"
     )
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
         sock.sendall(request.encode())
@@ -141,7 +143,9 @@ def test_a_watcher_on_the_pop_server_feeds_every_mta(
         stderr=subprocess.STDOUT,
     )
     try:
-        assert ask(mta_c, "127.0.0.21").startswith("554 5.7.1")
+        # A service takes requests before its first load (and defers relays until then).
+        eventually(lambda: ask(mta_a, "127.0.0.21").startswith("554 5.7.1"), "A is in sync")
+        eventually(lambda: ask(mta_c, "127.0.0.21").startswith("554 5.7.1"), "C is in sync")
         with log.open("a") as stream:
             stream.write(
                 time.strftime("%b %d %H:%M:%S")
@@ -154,3 +158,72 @@ def test_a_watcher_on_the_pop_server_feeds_every_mta(
     finally:
         watcher.send_signal(signal.SIGTERM)
         assert watcher.wait(timeout=20) == 0, (tmp_path / "watch.out").read_text()
+
+
+def test_a_service_cut_off_still_takes_mail_for_its_own_domains(
+    fleet: tuple[RedisInstance, Callable[[str], Service]],
+) -> None:
+    """Cut off from Redis for longer than max_staleness, an MX defers relays from clients
+    it does not know (they may be POP users elsewhere in the fleet) and keeps taking mail
+    for its own domains, which needs no table."""
+    redis_server, start = fleet
+    mx = start("a")
+    eventually(lambda: ask(mx, "192.0.2.50").startswith("554 5.7.1"), "the service is in sync")
+    redis_server.kill()
+    eventually(
+        lambda: ask(mx, "192.0.2.50").startswith("451 4.3.0"),
+        "a relay from an unknown client is deferred once cut off for max_staleness",
+    )
+    assert ask(mx, "192.0.2.50", "postmaster@local.test") == "OK"
+    assert ask(mx, "192.0.2.51", "someone@LOCAL.test") == "OK"
+    assert ask(mx, "192.0.2.51", "someone%elsewhere.test@local.test").startswith("451 4.3.0")
+    assert ask(mx, "192.0.2.51").startswith("451 4.3.0")
+
+
+def test_a_removal_while_redis_is_down_never_lets_the_client_relay_again(
+    fleet: tuple[RedisInstance, Callable[[str], Service]],
+) -> None:
+    """`ctl remove` while Redis is down, then Redis back from its append-only file (refusing
+    writes for a while, so the service reloads before its removal can be sent): policy
+    requests sent one after another all through it never get OK for that client."""
+    redis_server, start = fleet
+    mx = start("a")
+    address = "192.0.2.52"
+    assert mx.ctl("add", address, "--user", "leaving")["ok"]
+    client = redis_server.client()
+    eventually(lambda: client.zscore("{relaypolicy:pop}:expiry", address) is not None, "in Redis")
+    assert ask(mx, address) == "OK"
+    redis_server.stop()
+    assert mx.ctl("remove", address)["ok"]
+    answers: list[str] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:
+        while not done.is_set():
+            answers.append(ask(mx, address))
+
+    def reloads() -> int:
+        stats = mx.ctl("stats")["stats"]
+        assert isinstance(stats, dict)
+        return int(stats["fleet-loads"])
+
+    asker = threading.Thread(target=keep_asking, daemon=True)
+    asker.start()
+    try:
+        loads = reloads()
+        redis_server.extra = "min-replicas-to-write 1\nmin-replicas-max-lag 10\n"
+        redis_server.start()
+        client = redis_server.client()
+        eventually(lambda: reloads() > loads, "the service reloads")
+        asked = len(answers)
+        eventually(lambda: len(answers) > asked + 50, "more requests after the reload")
+        assert client.zscore("{relaypolicy:pop}:expiry", address) is not None  # not sent yet
+        client.config_set("min-replicas-to-write", 0)
+        eventually(lambda: client.zscore("{relaypolicy:pop}:expiry", address) is None, "sent")
+        asked = len(answers)
+        eventually(lambda: len(answers) > asked + 50, "more requests after the resync")
+    finally:
+        done.set()
+        asker.join(30)
+    assert "OK" not in answers
+    assert answers[-1].startswith("554 5.7.1")

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`ReplicaTable` *is* an :class:`~relaypolicy.iptable.ExpiringIpTable`: decisions
-read its dictionaries exactly as they read the memory table's, and never wait on the
-network. Two daemon threads talk to Redis (layout in :mod:`relaypolicy.fleet.store`):
+:class:`ReplicaTable` *holds* an :class:`~relaypolicy.iptable.ExpiringIpTable` and uses
+only its public methods: decisions read that local table and never wait on the network.
+Two daemon threads talk to Redis (layout in :mod:`relaypolicy.fleet.store`):
 
 - the *follower* loads the sorted set and the hash in one ``MULTI`` together with the ID
   and number of the last change, then reads the stream after that ID (``XREAD BLOCK``),
@@ -13,29 +13,38 @@ network. Two daemon threads talk to Redis (layout in :mod:`relaypolicy.fleet.sto
   counts). A change whose number is not the next one means some were trimmed from the
   stream before it read them, or lost: it reloads. After an error it reconnects and
   resumes from its last ID, unless Redis' ``run_id`` changed (a restart from the
-  append-only file, a failover): then it reloads. A reload builds a new table and swaps
-  its dictionaries in, so a reader never sees it half-done.
+  append-only file, a failover): then it reloads. A reload builds the new content aside
+  and swaps it in with :meth:`ExpiringIpTable.replace`, so a reader never sees it
+  half-done.
 - the *writer* sends what :meth:`record` and :meth:`remove` queue, in order, each as one
   Lua script that changes the set and appends the event. The change applies to the local
   table at once; while Redis cannot be reached the queue waits (bounded: the oldest are
   dropped and counted), and a login is sent with what remains of its time.
 
+A write wins over everything older, removals included. Until the follower has read a write
+of its own back from the stream, Redis' word on that entry is older than the write
+(:mod:`relaypolicy.fleet.writes` holds them): a reload applies the held writes, in order,
+over what it loaded before it swaps, and a change from another server to an entry with a
+held write is applied beneath them. So an address removed here while Redis was away does
+not come back when Redis returns from its append-only file with the address still in it,
+not even for the moment before the removal reaches Redis.
+
 Failing closed: the follower notes, on the local clock, when it last heard from Redis.
 While that is more than ``max_staleness`` seconds ago (and before the first load), an
 address the replica does not know makes :meth:`has_client` and :meth:`client_login` raise
-:class:`StaleTable`, which :class:`~relaypolicy.policies.PopBeforeSmtp` turns into
-``451 4.3.0`` (DEFER); a known one is still accepted until its entry expires. Nothing
-stale is ever turned into an ACCEPT. The replica recovers by itself when Redis answers.
+:class:`StaleTable`, which :class:`~relaypolicy.policies.PopBeforeSmtp` turns into a
+:class:`~relaypolicy.model.LookupFailure` (``451 4.3.0``): a chain defers a relay from
+that client and still takes mail for its own domains. A known address is still accepted
+until its entry expires. The replica recovers by itself when Redis answers.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relaypolicy.errors import StaleTable
@@ -47,11 +56,14 @@ from relaypolicy.fleet.store import (
     parse_stream_id,
 )
 from relaypolicy.fleet.urls import StateUrl, connect, parse_state_url
-from relaypolicy.iptable.base import Login
+from relaypolicy.fleet.writes import Write, Writes
+from relaypolicy.iptable.base import IpEntry, Login
 from relaypolicy.iptable.memory import ExpiringIpTable
 from relaypolicy.networks import normalize_ip
 
 if TYPE_CHECKING:
+    from os import PathLike
+
     import redis
 
     from relaypolicy.model import Request
@@ -61,11 +73,11 @@ __all__ = ["ReplicaTable", "StaleTable"]
 log = logging.getLogger("relaypolicy.fleet")
 
 _START = StreamId(0, 0)
-_Op = tuple[str, str, str, float]  # ("record" | "remove", address, user, local deadline)
+_BATCH = 256  # writes per pipeline
 
 
-class ReplicaTable(ExpiringIpTable):
-    """An :class:`ExpiringIpTable` shared by a fleet through Redis (see the module doc).
+class ReplicaTable:
+    """An IP table shared by a fleet through Redis (see the module doc).
 
     ``state`` is a Redis state URL (:mod:`relaypolicy.fleet.urls`). Nothing connects until
     :meth:`start` (or the first :meth:`record` or :meth:`remove`, for a writer that nobody
@@ -78,29 +90,33 @@ class ReplicaTable(ExpiringIpTable):
     __slots__ = (
         "_block",
         "_client",
+        "_client_login",
+        "_clock",
         "_closed",
         "_contact",
         "_counters",
         "_follower",
         "_fresh_until",
+        "_has_client",
         "_last_error",
         "_last_id",
         "_last_seq",
-        "_max_pending",
+        "_lock",
         "_max_staleness",
         "_names",
         "_need_load",
         "_need_server_check",
         "_offset",
-        "_pending",
         "_record_script",
         "_remove_script",
         "_run_id",
         "_state",
         "_stopping",
         "_stream_length",
+        "_table",
         "_wake",
         "_writer",
+        "_writes",
     )
 
     def __init__(
@@ -117,7 +133,10 @@ class ReplicaTable(ExpiringIpTable):
         timeout: float = 2.0,
         max_pending: int = 100_000,
     ) -> None:
-        super().__init__(ttl, clock=clock, max_entries=max_entries, ipv6_prefix=ipv6_prefix)
+        self._table = ExpiringIpTable(
+            ttl, clock=clock, max_entries=max_entries, ipv6_prefix=ipv6_prefix
+        )
+        self._clock = clock
         self._state = parse_state_url(state) if isinstance(state, str) else state
         if not self._state.shared:
             raise ValueError(f"state: a replica needs a Redis URL, not {self._state.url!r}")
@@ -127,7 +146,6 @@ class ReplicaTable(ExpiringIpTable):
             raise ValueError(f"stream_length: expected a positive integer, not {stream_length!r}")
         self._max_staleness = float(max_staleness)
         self._stream_length = str(stream_length)
-        self._max_pending = max_pending
         self._names = Keys.for_prefix(key_prefix)
         # XREAD blocks at most this long, so a quiet Redis is heard from well within
         # max_staleness; the socket timeout adds ``timeout`` on top.
@@ -135,6 +153,9 @@ class ReplicaTable(ExpiringIpTable):
         self._client: redis.Redis = connect(self._state, timeout=self._block + timeout)
         self._record_script = self._client.register_script(RECORD_SCRIPT)
         self._remove_script = self._client.register_script(REMOVE_SCRIPT)
+        # The decision path: the local table's bound readers, looked up once.
+        self._has_client = self._table.has_client
+        self._client_login = self._table.client_login
         self._contact = -math.inf  # local time of the last round that reached Redis
         self._fresh_until = -math.inf  # _contact + max_staleness, for the decision path
         self._offset = 0.0  # Redis time minus local time
@@ -143,8 +164,11 @@ class ReplicaTable(ExpiringIpTable):
         self._run_id = ""
         self._need_load = True
         self._need_server_check = False
-        self._pending: collections.deque[_Op] = collections.deque()
-        self._wake = threading.Condition()
+        # One lock orders local writes, the follower's changes and the writer's
+        # bookkeeping; readers never take it. The writer waits on it for work.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._writes = Writes(max_pending)
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
         self._closed = False
@@ -154,11 +178,40 @@ class ReplicaTable(ExpiringIpTable):
             ("loads", "events", "writes", "dropped-writes", "errors", "bad-events"), 0
         )
 
-    # --- the decision path: local reads, failing closed when stale ---------------------
+    # --- the local table's settings -----------------------------------------------------
+
+    @property
+    def ttl(self) -> float:
+        """The default lifetime of an entry, in seconds."""
+        return self._table.ttl
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
+    def max_entries(self) -> int | None:
+        return self._table.max_entries
+
+    @property
+    def ipv6_prefix(self) -> int:
+        return self._table.ipv6_prefix
+
+    @property
+    def evictions(self) -> int:
+        return self._table.evictions
+
+    @property
+    def changes(self) -> int:
+        """Grows whenever the local entries may have changed (see
+        :attr:`ExpiringIpTable.changes`), whether by this server or through Redis."""
+        return self._table.changes
 
     @property
     def max_staleness(self) -> float:
         return self._max_staleness
+
+    # --- the decision path: local reads, failing closed when stale ---------------------
 
     @property
     def stale(self) -> bool:
@@ -171,47 +224,76 @@ class ReplicaTable(ExpiringIpTable):
         return StaleTable(f"shared table stale: Redis last heard from {heard}")
 
     def has_client(self, request: Request) -> bool:
-        if request.client_ip_version == 4:
-            expires = self._expiry.get(request.client_ip_value)
-        else:
-            expires = self._expiry.get(~(request.client_ip_value >> self._v6_shift))
-        now = self._clock()
-        if expires is not None and expires > now:
+        """Whether the request's client has a live entry; :class:`StaleTable` when it has
+        none and the replica is stale (it cannot know of logins elsewhere)."""
+        if self._has_client(request):
             return True
-        if now > self._fresh_until:
+        if self._clock() > self._fresh_until:
             raise self._stale_error()
         return False
 
     def client_login(self, request: Request) -> Login | None:
-        login = super().client_login(request)
-        if login is None and self.stale:
+        """As :meth:`ExpiringIpTable.client_login`, failing closed as :meth:`has_client`."""
+        login = self._client_login(request)
+        if login is None and self._clock() > self._fresh_until:
             raise self._stale_error()
         return login
+
+    def lookup(self, address: str) -> IpEntry | None:
+        """The local entry for ``address`` (what this replica knows; never raises)."""
+        return self._table.lookup(address)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._table
+
+    def entries(self) -> list[IpEntry]:
+        """The live local entries, soonest expiry first (a snapshot)."""
+        return self._table.entries()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def expire(self) -> int:
+        """Remove the local entries that have expired (Redis drops its own)."""
+        return self._table.expire()
+
+    def clear(self) -> None:
+        """Forget every local entry (Redis keeps them; a reload brings them back)."""
+        self._table.clear()
+
+    def save(self, path: str | PathLike[str]) -> int:
+        """Write the local entries to ``path`` (see :meth:`ExpiringIpTable.save`)."""
+        return self._table.save(path)
 
     # --- writing: local at once, Redis in the background ------------------------------
 
     def record(self, address: str, *, user: str | None = None, ttl: float | None = None) -> None:
         """Allow ``address`` here at once, and in the whole fleet as soon as Redis has it."""
-        super().record(address, user=user, ttl=ttl)
         text = normalize_ip(address)
-        deadline = self._clock() + (self._ttl if ttl is None else float(ttl))
-        self._queue(("record", text, user or "", deadline))
+        self._start_writer()
+        with self._wake:
+            self._table.record(text, user=user, ttl=ttl)
+            deadline = self._clock() + (self.ttl if ttl is None else float(ttl))
+            entry = self._table.entry_address(text)
+            self._queue(Write("record", text, entry, user or "", deadline))
 
     def remove(self, address: str) -> bool:
         """Forget ``address`` here at once, and in the whole fleet as soon as Redis has it."""
-        removed = super().remove(address)
-        self._queue(("remove", normalize_ip(address), "", 0.0))
+        text = normalize_ip(address)
+        self._start_writer()
+        with self._wake:
+            removed = self._table.remove(text)
+            self._queue(Write("remove", text, self._table.entry_address(text)))
         return removed
 
-    def _queue(self, op: _Op) -> None:
+    def _start_writer(self) -> None:
         if self._writer is None and not self._closed:
             self.start()  # a writer nobody started (a standalone watcher): start on first use
-        with self._wake:
-            self._pending.append(op)
-            while len(self._pending) > self._max_pending:
-                self._pending.popleft()
-                self._counters["dropped-writes"] += 1
-            self._wake.notify()
+
+    def _queue(self, write: Write) -> None:
+        # Call with the lock held.
+        self._counters["dropped-writes"] += self._writes.add(write)
+        self._wake.notify()
 
     # --- running ----------------------------------------------------------------------
 
@@ -264,18 +346,21 @@ class ReplicaTable(ExpiringIpTable):
     def fleet_stats(self) -> dict[str, Any]:
         """What ``relaypolicy ctl stats`` shows of the replica."""
         since = self._clock() - self._contact
+        with self._lock:
+            unread = self._writes.unread(self._last_id)
         return {
             "state": self._state.redacted,
             "stale": since > self._max_staleness,
             "seconds-since-redis": round(since, 1) if since < math.inf else None,
             "stream-position": str(self._last_id),
-            "pending-writes": len(self._pending),
+            "pending-writes": len(self._writes.queued),
+            "unread-writes": unread,
             **self._counters,
             "last-error": self._last_error,
         }
 
     def __repr__(self) -> str:
-        return f"ReplicaTable({self._state.redacted!r}, entries={len(self._expiry)})"
+        return f"ReplicaTable({self._state.redacted!r}, entries={len(self._table)})"
 
     # --- the follower -----------------------------------------------------------------
 
@@ -327,6 +412,7 @@ class ReplicaTable(ExpiringIpTable):
         self._need_server_check = False
 
     def _load(self) -> None:
+        """Load the whole table, put this replica's own unread writes over it, swap it in."""
         names = self._names
         sent = self._clock()
         pipe = self._client.pipeline(transaction=True)
@@ -338,45 +424,40 @@ class ReplicaTable(ExpiringIpTable):
         pipe.hgetall(names.users)
         info, (seconds, micros), last, seq, scored, users = pipe.execute()
         offset = seconds + micros / 1e6 - sent
-        fresh = ExpiringIpTable(
-            self._ttl,
+        position = parse_stream_id(last[0][0]) if last else _START
+        table = self._table
+        staged = ExpiringIpTable(
+            table.ttl,
             clock=self._clock,
-            max_entries=self._max_entries,
-            ipv6_prefix=self._ipv6_prefix,
+            max_entries=table.max_entries,
+            ipv6_prefix=table.ipv6_prefix,
         )
         now = self._clock()
         for address, expires in scored:  # ascending expiry: the FIFO takes them in order
-            local = float(expires) - offset
-            if local <= now:
-                continue
             try:
-                key = fresh._key(address)
-            except ValueError:
+                staged.record_until(
+                    address, float(expires) - offset, user=users.get(address) or None
+                )
+            except (ValueError, TypeError):
                 self._counters["bad-events"] += 1
-                continue
-            fresh._put(key, local, users.get(address) or None, now)
-        for op, address, user, deadline in list(self._pending):  # not in Redis yet
-            if op == "record" and deadline > now:
-                fresh._put(fresh._key(address), deadline, user or None, now)
-        with self._lock:  # swap: the login names first, as writers do
-            self._users = fresh._users
-            self._expiry = fresh._expiry
-            self._times = fresh._times
-            self._keys = fresh._keys
-            self._heap = fresh._heap
-            self._changes += 1
-        self._run_id = info.get("run_id", "")
-        self._last_id = parse_stream_id(last[0][0]) if last else _START
-        self._last_seq = int(seq or 0)
-        self._offset = offset
-        self._touch(sent)
-        self._need_load = False
+        with self._lock:
+            writes = self._writes
+            writes.read_back(position)  # those are in what was loaded
+            for write in writes:  # the rest is newer than what was loaded: over it, in order
+                if write.op == "remove":
+                    staged.remove(write.address)
+                elif write.deadline > now:
+                    staged.record_until(write.address, write.deadline, user=write.user or None)
+            loaded = table.replace(staged)
+            self._run_id = info.get("run_id", "")
+            self._last_id = position
+            self._last_seq = int(seq or 0)
+            self._offset = offset
+            self._touch(sent)
+            self._need_load = False
         self._counters["loads"] += 1
         log.info(
-            "shared table (%s): loaded %d entries at %s",
-            self._state.redacted,
-            len(fresh._expiry),
-            self._last_id,
+            "shared table (%s): loaded %d entries at %s", self._state.redacted, loaded, position
         )
 
     def _round(self) -> None:
@@ -389,22 +470,25 @@ class ReplicaTable(ExpiringIpTable):
         (seconds, micros), read = pipe.execute()
         self._offset = offset = seconds + micros / 1e6 - sent
         for _stream, entries in read or ():
-            for entry_id, fields in entries:
-                seq = fields.get("seq", "")
-                if not seq.isdigit() or int(seq) != self._last_seq + 1:
-                    log.warning(
-                        "shared table (%s): change %s follows %d: changes were trimmed or "
-                        "lost, reloading",
-                        self._state.redacted,
-                        seq or "without a number",
-                        self._last_seq,
-                    )
-                    self._need_load = True
-                    return
-                self._apply(fields, offset)
-                self._last_id = parse_stream_id(entry_id)
-                self._last_seq += 1
-                self._counters["events"] += 1
+            with self._lock:
+                for entry_id, fields in entries:
+                    seq = fields.get("seq", "")
+                    if not seq.isdigit() or int(seq) != self._last_seq + 1:
+                        log.warning(
+                            "shared table (%s): change %s follows %d: changes were trimmed "
+                            "or lost, reloading",
+                            self._state.redacted,
+                            seq or "without a number",
+                            self._last_seq,
+                        )
+                        self._need_load = True
+                        return
+                    change = parse_stream_id(entry_id)
+                    self._writes.read_back(change)
+                    self._apply(fields, offset)
+                    self._last_id = change
+                    self._last_seq += 1
+                    self._counters["events"] += 1
         self._touch(sent)
 
     def _touch(self, sent: float) -> None:
@@ -413,23 +497,43 @@ class ReplicaTable(ExpiringIpTable):
         self._fresh_until = sent + self._max_staleness
 
     def _apply(self, fields: dict[str, str], offset: float) -> None:
+        """One change from the stream (call with the lock held)."""
+        table = self._table
         try:
-            key = self._key(fields["address"])
+            address = fields["address"]
             op = fields["op"]
-            expires = float(fields["expires"]) - offset if op == "record" else 0.0
-        except (KeyError, ValueError):
+            if op not in ("record", "remove"):
+                raise ValueError(f"unknown op {op!r}")
+            expires = float(fields["expires"]) - offset if op == "record" else -math.inf
+            user = fields.get("user") or None
+            writes = self._writes
+            if writes and writes.touches(entry := table.entry_address(address)):
+                self._beneath(address, expires, user, writes.on(entry))
+            elif op == "remove":
+                table.remove(address)
+            else:
+                table.record_until(address, expires, user=user)
+        except (KeyError, ValueError, TypeError):
             self._counters["bad-events"] += 1
-            return
-        with self._lock:
-            if op == "remove":
-                if self._expiry.pop(key, None) is not None:
-                    self._changes += 1
-                    self._compact()
-                self._users.pop(key, None)
-                return
-            now = self._clock()
-            if expires > now:
-                self._put(key, expires, fields.get("user") or None, now)
+
+    def _beneath(
+        self, address: str, expires: float, user: str | None, writes: Sequence[Write]
+    ) -> None:
+        """Apply a change from Redis under this replica's unread writes to that entry:
+        they are newer, so the entry ends as they make it (``expires`` is ``-inf`` for a
+        removal). Set in one step, so a reader never sees the change without them."""
+        now = self._clock()
+        state = (expires, user) if expires > now else None
+        for write in writes:
+            if write.op == "remove":
+                state = None
+            elif write.deadline > now:
+                until = write.deadline if state is None else max(state[0], write.deadline)
+                state = (until, write.user or None)
+        if state is None:
+            self._table.remove(address)
+        else:
+            self._table.put(address, state[0], user=state[1])
 
     # --- the writer -------------------------------------------------------------------
 
@@ -439,9 +543,9 @@ class ReplicaTable(ExpiringIpTable):
         backoff = 0.05
         while True:
             with self._wake:
-                while not self._pending and not self._stopping.is_set():
+                while not self._writes.queued and not self._stopping.is_set():
                     self._wake.wait()
-                if not self._pending:
+                if not self._writes.queued:
                     return
             try:
                 self._send_batch()
@@ -454,21 +558,36 @@ class ReplicaTable(ExpiringIpTable):
                 backoff = min(backoff * 2, 1.0)
 
     def _send_batch(self) -> None:
-        with self._wake:
-            ops = [self._pending[i] for i in range(min(256, len(self._pending)))]
+        with self._lock:
+            batch = self._writes.batch(_BATCH)
         names = list(self._names)
         pipe = self._client.pipeline(transaction=False)
         now = self._clock()
-        for op, address, user, deadline in ops:
-            if op == "remove":
-                self._remove_script(names, [address, self._stream_length], client=pipe)
-            elif deadline > now:  # a login waiting gets what remains of its time
-                remaining = f"{deadline - now:.6f}"
-                args = [address, remaining, user, self._stream_length]
+        sent: list[bool] = []
+        for write in batch:
+            if write.op == "remove":
+                self._remove_script(names, [write.address, self._stream_length], client=pipe)
+            elif write.deadline > now:  # a login waiting gets what remains of its time
+                remaining = f"{write.deadline - now:.6f}"
+                args = [write.address, remaining, write.user, self._stream_length]
                 self._record_script(names, args, client=pipe)
-        pipe.execute()
-        with self._wake:
-            for sent in ops:  # unless dropped meanwhile (the queue overflowed)
-                if self._pending and self._pending[0] is sent:
-                    self._pending.popleft()
-        self._counters["writes"] += len(ops)
+            sent.append(write.op == "remove" or write.deadline > now)
+        # In order, up to the first error: what failed waits with the rest (and Redis'
+        # error makes the writer back off).
+        results = pipe.execute(raise_on_error=False)
+        done: list[Write] = []
+        ids: list[StreamId | None] = []
+        error: Exception | None = None
+        replies = iter(results)
+        for write, went in zip(batch, sent, strict=True):
+            reply = next(replies) if went else None
+            if isinstance(reply, Exception):
+                error = reply
+                break
+            done.append(write)
+            ids.append(None if reply is None else parse_stream_id(reply))
+        with self._lock:
+            self._writes.sent_as(done, ids)
+        self._counters["writes"] += len(done)
+        if error is not None:
+            raise error

@@ -54,7 +54,7 @@ def parse_stream_id(text: str) -> StreamId:
 
 
 # KEYS: expiry, users, events, seq. ARGV: address, ttl seconds, user ("" for none), stream
-# length.
+# length. Returns the event's ID.
 # Extends an entry, never shortens it (as ExpiringIpTable.record); the latest login's user
 # wins. Also drops a few entries that have expired, so the set does not grow without bound.
 RECORD_SCRIPT = """
@@ -81,11 +81,12 @@ end
 return id
 """
 
-# KEYS: expiry, users, events, seq. ARGV: address, stream length. Returns 1 if it was there.
+# KEYS: expiry, users, events, seq. ARGV: address, stream length. Returns the event's ID,
+# as RECORD_SCRIPT does: the writer holds the removal until its replica reads that far.
 REMOVE_SCRIPT = """
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local seq = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], '*', 'seq', seq, 'op', 'remove', 'address', ARGV[1])
-return removed
+return redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], '*', 'seq', seq, 'op', 'remove',
+  'address', ARGV[1])
 """

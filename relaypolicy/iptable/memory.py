@@ -46,7 +46,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
 from operator import itemgetter
 from os import PathLike
@@ -89,6 +89,20 @@ _pton4: Callable[[int, str], bytes] = socket.inet_pton if _strict_pton() else _n
 
 _ANONYMOUS = Login(None)
 _second = itemgetter(1)
+
+
+def _check_time(when: object) -> float:
+    if isinstance(when, bool) or not isinstance(when, int | float):
+        raise TypeError(f"expires_at: expected a time as a number, got {type(when).__name__}")
+    if not math.isfinite(when):
+        raise ValueError(f"expires_at: must be finite, not {when!r}")
+    # A float object of its own: the expiry queue tells versions apart by identity.
+    return float(when) + 0.0
+
+
+def _check_user(user: object) -> None:
+    if user is not None and (user.__class__ is not str or not user):
+        raise TypeError(f"user: expected a login name or None, got {user!r}")
 
 
 def _check_ttl(ttl: object, field: str = "ttl") -> float:
@@ -450,6 +464,120 @@ class ExpiringIpTable:
             self._times = deque()
             self._keys = deque()
             self._heap = []
+
+    # --- absolute expiries and bulk replacement (what a replica of a shared table needs) -
+
+    def entry_address(self, address: str) -> str:
+        """The address of the entry ``address`` falls in, as :attr:`IpEntry.address
+        <relaypolicy.iptable.base.IpEntry.address>` names it: its canonical text, or its
+        IPv6 network when the table groups by ``ipv6_prefix``. Raises :class:`ValueError`
+        when ``address`` is not an IP address."""
+        return self._text(self._key(address))
+
+    def record_until(self, address: str, expires_at: float, *, user: str | None = None) -> None:
+        """As :meth:`record`, with the expiry given as a time on the table's clock.
+
+        Adds an entry or extends a live one, never shortens it; the entry keeps ``user``.
+        A time already past changes nothing.
+        """
+        key = self._key(address)
+        expires = _check_time(expires_at)
+        _check_user(user)
+        with self._lock:
+            now = self._clock()
+            if expires > now:
+                self._put(key, expires, user, now)
+
+    def put(self, address: str, expires_at: float, *, user: str | None = None) -> None:
+        """Make the entry for ``address`` expire exactly at ``expires_at`` (on the table's
+        clock), with ``user``: unlike :meth:`record_until` this may shorten it, and a time
+        already past removes it. For a copy that must match its source exactly."""
+        key = self._key(address)
+        expires = _check_time(expires_at)
+        _check_user(user)
+        with self._lock:
+            now = self._clock()
+            old = self._expiry.get(key)
+            if expires <= now:
+                if old is not None:
+                    self._pop(key)
+            elif old is None or old <= expires:
+                self._put(key, expires, user, now)
+            else:  # shorter: overwrite in place, so readers see the old entry or the new
+                users = self._users
+                if user is not None:
+                    users[key] = user
+                else:
+                    users.pop(key, None)
+                self._expiry[key] = expires
+                self._changes += 1
+                if self._times and expires >= self._times[-1]:
+                    self._times.append(expires)
+                    self._keys.append(key)
+                else:
+                    heappush(self._heap, (expires, key))
+                self._compact()  # the old queue item went stale
+
+    def replace(self, entries: Iterable[tuple[str, float, str | None]] | ExpiringIpTable) -> int:
+        """Make ``entries`` the whole content of the table, at once; how many are live.
+
+        ``entries`` is rows ``(address, expires_at, user)`` as :class:`IpEntry
+        <relaypolicy.iptable.base.IpEntry>` has them (an address or IPv6 network, a time on
+        the table's clock, a login name or ``None``; past times are skipped), or another
+        :class:`ExpiringIpTable` on the same clock and ``ipv6_prefix``, whose content is
+        copied as it is (cheaply: no address is parsed again, no limit applied again). The
+        new content is built aside and swapped in under the lock, so a reader sees the old
+        table or the new one, never a mix of entries from both, and an entry in both is
+        never missing. Counts as one change. Raises :class:`ValueError` (before anything
+        changes) for an entry that is no address or a table grouped by another prefix,
+        :class:`TypeError` for a bad time or user.
+        """
+        if isinstance(entries, ExpiringIpTable):
+            if entries._ipv6_prefix != self._ipv6_prefix:
+                raise ValueError(
+                    f"entries: a table grouped by /{entries._ipv6_prefix}, not /{self._ipv6_prefix}"
+                )
+            with entries._lock:
+                expiry = dict(entries._expiry)
+                users = dict(entries._users)
+                times = deque(entries._times)
+                keys = deque(entries._keys)
+                heap = list(entries._heap)
+            evicted = 0
+        else:
+            fresh = ExpiringIpTable(
+                self._ttl,
+                clock=self._clock,
+                max_entries=self._max_entries,
+                ipv6_prefix=self._ipv6_prefix,
+            )
+            rows = sorted(entries, key=_second)  # so the FIFO takes them in order
+            now = self._clock()
+            for address, expires_at, user in rows:
+                key = fresh._saved_key(address)
+                expires = _check_time(expires_at)
+                _check_user(user)
+                if key is not None and expires > now:
+                    fresh._put(key, expires, user, now)
+            expiry, users = fresh._expiry, fresh._users
+            times, keys, heap = fresh._times, fresh._keys, fresh._heap
+            evicted = fresh._evictions
+        with self._lock:  # the login names first, as writers do (see the class docstring)
+            self._users = users
+            self._expiry = expiry
+            self._times = times
+            self._keys = keys
+            self._heap = heap
+            self._evictions += evicted
+            self._changes += 1
+        return len(expiry)
+
+    def _pop(self, key: int) -> None:
+        # Call with the lock held: the expiry goes before the login name.
+        del self._expiry[key]
+        self._users.pop(key, None)
+        self._changes += 1
+        self._compact()
 
     def __len__(self) -> int:
         """The number of live entries (expired ones are removed first)."""

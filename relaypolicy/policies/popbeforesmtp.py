@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypeAlias
 
 from relaypolicy.iptable.base import IpTable
-from relaypolicy.model import Decision, Request, accept, defer, next_policy
+from relaypolicy.model import Decision, Request, accept, lookup_failure, next_policy
 from relaypolicy.senders import SenderForm, SenderOwnership, sender_form
 
 __all__ = ["PopBeforeSmtp", "SenderBinding"]
@@ -123,7 +123,9 @@ class PopBeforeSmtp:
         return None if self._bind is None else self._bind(user)
 
     def _failure(self, what: str, exc: Exception) -> Decision:
-        return defer(451, "4.3.0", "Temporary lookup failure", self.name, f"{what}: {exc!r:.200}")
+        # A LookupFailure, not a plain DEFER: a chain still asks the policies after this
+        # one, so mail that needs no table (a local recipient) is taken while it is down.
+        return lookup_failure(self.name, f"{what}: {exc!r:.200}")
 
     def __repr__(self) -> str:
         bound = "" if self._bind is None else ", bind_sender=..."
