@@ -5,6 +5,12 @@ JSON object per line: ``{"command": "stats"}`` and so on; ``relaypolicy ctl`` is
 client. The table commands, ``table``, ``add`` (alias ``record``) and ``remove``, are
 the same for both servers and live here; each server answers ``stats`` and anything of
 its own through the ``answer`` callback it passes to :func:`start_control`.
+
+A change (``add``, ``record``, ``remove``) is answered only once it is durable: the
+server passes ``durable`` (its table's journal ``fsync``), awaited before the reply is
+sent, so a client that got ``"ok": true`` (a login hook, ``relaypolicy watch
+--control-socket`` before it saves its log position) knows the change survives a crash.
+Without ``persist`` the table lives in memory only, and ``durable`` does nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +85,17 @@ def table_command(table: Any, command: str, message: dict[str, Any]) -> dict[str
 
 
 async def start_control(
-    path: str | Path, answer: Callable[[bytes], dict[str, Any]]
+    path: str | Path,
+    answer: Callable[[bytes], dict[str, Any]],
+    *,
+    durable: Callable[[], Awaitable[None]] | None = None,
 ) -> asyncio.Server:
     """Listen on the unix socket ``path`` (mode 0600), answering each line with
-    ``answer(line)``. An existing socket there is replaced; any other file is not."""
+    ``answer(line)``. An existing socket there is replaced; any other file is not.
+
+    A successful change of the table (a reply with ``added`` or ``removed``) is sent
+    only after ``durable()`` returned; when it raises :class:`OSError` the reply says
+    the change is in the table but not saved (``"ok": false``)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -103,6 +116,8 @@ async def start_control(
                     writer.write(b'{"ok": false, "error": "line too long"}\n')
                     return
                 reply = answer(line)
+                if durable is not None and reply.get("ok") and _changes(reply):
+                    reply = await _made_durable(reply, durable)
                 writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -113,6 +128,21 @@ async def start_control(
     server = await asyncio.start_unix_server(client, path=str(path))
     os.chmod(path, 0o600)  # the control socket can open the relay: owner only
     return server
+
+
+def _changes(reply: dict[str, Any]) -> bool:
+    return "added" in reply or "removed" in reply
+
+
+async def _made_durable(
+    reply: dict[str, Any], durable: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
+    try:
+        await durable()
+    except OSError as exc:
+        log.error("control: a change could not be saved: %s", exc)
+        return {"ok": False, "error": f"changed in memory, but not saved to disk: {exc}"}
+    return reply
 
 
 def ask(path: str | Path, message: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:

@@ -246,6 +246,8 @@ class ControlSocketTable:
     restart), logins wait in a bounded queue (``max_pending``; the oldest are dropped
     first and counted in ``dropped``) and are sent again at the next login or sweep, with
     what remains of their time: a login is never given more time than it had.
+    :meth:`sync` says whether the queue is empty: the service answers an ``add`` only
+    once it is durable there, so the watcher saves its log position only then.
     """
 
     def __init__(self, path: str, *, timeout: float = 10.0, max_pending: int = 100_000) -> None:
@@ -301,6 +303,11 @@ class ControlSocketTable:
     def pending(self) -> int:
         return len(self._pending)
 
+    def sync(self) -> bool:
+        """Send what is waiting; whether the service has acknowledged every login."""
+        self._flush()
+        return not self._pending
+
     def expire(self) -> int:
         """Sends what is waiting; the service expires its own entries (returns 0)."""
         self._flush()
@@ -353,6 +360,13 @@ class LoopTable:
     def expire(self) -> int:
         return int(self._on_loop(self.table.expire))
 
+    def sync(self) -> bool:
+        """The table's ``sync``, called from this (worker) thread: a
+        :class:`~relaypolicy.iptable.journal.DurableTable` is safe to sync from any
+        thread, and its ``fsync`` then never stalls the loop. ``True`` without one."""
+        sync = getattr(self.table, "sync", None)
+        return True if sync is None else bool(sync())
+
     @property
     def changes(self) -> int | None:
         """The table's change count (an int read: safe from any thread)."""
@@ -375,11 +389,16 @@ class LoginWatch:
         self.watcher = Watcher(
             table, self.parser, sessions=sessions, max_sessions=settings.max_sessions
         )
-        self.follower = LogFollower(
+        self.follower = self._new_follower()
+        self.exporters = [export.exporter() for export in settings.exports]
+
+    def _new_follower(self) -> LogFollower:
+        settings = self.settings
+        follower = LogFollower(
             settings.log, state_path=settings.position or None, start_at_end=settings.start_at_end
         )
-        self.watcher.follower = self.follower
-        self.exporters = [export.exporter() for export in settings.exports]
+        self.watcher.follower = follower
+        return follower
 
     def counters(self) -> dict[str, int]:
         """What the control socket's ``stats`` shows under ``watch-…``."""
@@ -392,9 +411,13 @@ class LoginWatch:
         return counters
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the log until ``stop`` is set; the position is saved, the follower
-        closed and the exported maps emptied when it returns."""
+        """Follow the log until ``stop`` is set; the follower is closed and the exported
+        maps emptied when it returns. The position was saved after each round whose
+        logins were durable; a run after a failed one starts a new follower from it, so
+        lines read but not made durable are read again."""
         log.info("watch: following %s (%s)", self.settings.log, self.settings.format)
+        if self.follower.closed:
+            self.follower = self._new_follower()
         try:
             await self.watcher.run(
                 self.follower,
