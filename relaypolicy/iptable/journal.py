@@ -99,7 +99,7 @@ def _parse_line(raw: bytes) -> object:
 def read_journal(path: str) -> list[list[object]]:
     """The operations of the journal at ``path`` (``[]`` when there is none).
 
-    A torn tail (lines after the last intact one that fail their check, or the last line
+    The first line must be the journal's header. A torn tail (lines after the last intact one that fail their check, or the last line
     without its newline) is dropped with a warning. Raises :class:`TableFileError` for a
     file that is not a journal, a damaged line followed by intact ones, or an intact line
     that is not an operation.
@@ -112,8 +112,16 @@ def read_journal(path: str) -> list[list[object]]:
         raise TableFileError(str(exc)) from None
     except OSError as exc:
         raise TableFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not data:
+        return []
     lines = data.split(b"\n")
     torn = lines.pop()  # after the last newline: b"" unless the last write was cut
+    try:  # written whole, by an atomic rename, with the file: never torn
+        header = _parse_line(lines[0]) if lines else None
+    except ValueError:
+        header = None
+    if header != _HEADER:
+        raise TableFileError(f"{path}: not a {JOURNAL_FORMAT} version {JOURNAL_VERSION} file")
     parsed: list[object] = []
     first_bad = None
     for number, raw in enumerate(lines, 1):
@@ -132,10 +140,6 @@ def read_journal(path: str) -> list[list[object]]:
     dropped = len(lines) - len(parsed) + (1 if torn else 0)
     if dropped:
         log.warning("%s: dropped a torn last write (%d line(s))", path, dropped)
-    if not parsed:
-        return []
-    if parsed[0] != _HEADER:
-        raise TableFileError(f"{path}: not a {JOURNAL_FORMAT} version {JOURNAL_VERSION} file")
     ops: list[list[object]] = []
     for number, op in enumerate(parsed[1:], 2):
         if not _valid_op(op):

@@ -1,0 +1,233 @@
+"""Nothing acknowledged is lost: ``kill -9`` at random moments while logins are written.
+
+A writer thread appends synthetic Dovecot login lines (one new address each) to a log.
+``relaypolicy watch`` (with ``persist``) or ``relaypolicy serve`` (with ``[watch]`` and
+``persist``) follows it and is killed with SIGKILL at a random moment, again and again.
+After each restart every login written to the log before the kill must be in the table:
+either it was durable before the watcher's position moved past it, or it is read again.
+
+Real processes, started as an administrator would; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from realservers import tail
+from serve_process import Service, start_service
+
+from relaypolicy.control import ask
+
+KILLS = 24
+CATCH_UP = 30.0  # seconds for a restarted process to hold every login; far more than needed
+LOGIN = (
+    "{stamp} pop3-login: Info: Login: user=<{user}>, method=PLAIN, rip={ip}, "
+    "lip=127.0.0.1, mpid=3710, session=<PW95RVZh39h/AAAK>\n"
+)
+NOISE = "{stamp} pop3(u{n})<3710><PW95RVZh39h/AAAK>: Info: Disconnected: Logged out top=0/0\n"
+
+
+class LoginWriter(threading.Thread):
+    """Appends login lines, each from a new address (``10.x.y.z``), in small bursts,
+    with other lines between; :meth:`written` is how many logins are in the log."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.addresses: list[str] = []
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            n = 0
+            while not self._halt.is_set():
+                stamp = time.strftime("%b %d %H:%M:%S")
+                for _ in range(3):
+                    n += 1
+                    ip = f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+                    line = LOGIN.format(stamp=stamp, user=f"u{n}", ip=ip)
+                    os.write(fd, line.encode())  # one write a line: always whole
+                    with self._lock:
+                        self.addresses.append(ip)
+                os.write(fd, NOISE.format(stamp=stamp, n=n).encode())
+                self._halt.wait(0.006)
+        finally:
+            os.close(fd)
+
+    def written(self) -> list[str]:
+        with self._lock:
+            return list(self.addresses)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[LoginWriter]:
+    log = tmp_path / "dovecot.log"
+    log.write_bytes(b"")
+    thread = LoginWriter(log)
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+def policy_config(tmp_path: Path, *, export: bool) -> str:
+    text = f"""
+[domains]
+local = ["example.org"]
+
+[pop_before_smtp]
+ttl = 1800
+persist = "{tmp_path / "table.json"}"
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+
+[watch]
+log = "{tmp_path / "dovecot.log"}"
+format = "dovecot"
+position = "{tmp_path / "dovecot.pos"}"
+interval = 0.05
+"""
+    if export:
+        text += f'\n[[watch.export]]\npath = "{tmp_path / "map.txt"}"\nformat = "plain"\n'
+        text += "interval = 0\n"
+    return text
+
+
+def kill_loop(
+    writer: LoginWriter,
+    start: Callable[[], subprocess.Popen[bytes]],
+    table: Callable[[], set[str] | None],
+    after_kill: Callable[[], None],
+    describe: Callable[[], str],
+) -> subprocess.Popen[bytes]:
+    """Kill and restart ``KILLS`` times; after each restart wait until ``table()`` (the
+    live table, ``None`` while it cannot be read) holds every login written before the
+    kill. Returns the last process, running."""
+    seed = int.from_bytes(os.urandom(4))
+    rng = random.Random(seed)
+    began = time.monotonic()
+    process = start()
+    for kill in range(1, KILLS + 1):
+        time.sleep(rng.uniform(0.02, 0.7))  # a random moment of its work
+        before = writer.written()
+        process.kill()
+        process.wait(timeout=10)
+        after_kill()
+        time.sleep(rng.uniform(0, 0.1))  # logins keep coming while it is down
+        process = start()
+        deadline = time.monotonic() + CATCH_UP
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"kill {kill}: the restarted process exited:\n{describe()}")
+            held = table()
+            missing = [a for a in before if held is None or a not in held]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait(timeout=10)
+                pytest.fail(
+                    f"kill {kill} of {KILLS} (seed {seed}): {len(missing)} of the "
+                    f"{len(before)} logins written before the kill are not in the table "
+                    f"after the restart ({0 if held is None else len(held)} entries; first "
+                    f"missing {missing[:3]})\n{describe()}"
+                )
+            time.sleep(0.05)
+    print(
+        f"{KILLS} kills, {len(writer.written())} logins written, "
+        f"{time.monotonic() - began:.1f} s (seed {seed})"
+    )
+    return process
+
+
+def test_kill_9_of_watch_with_persist_loses_no_login(
+    tmp_path: Path, writer: LoginWriter
+) -> None:
+    config = tmp_path / "relaypolicy.toml"
+    config.write_text(policy_config(tmp_path, export=True))
+    exported = tmp_path / "map.txt"
+    output = tmp_path / "watch.out"
+
+    def start() -> subprocess.Popen[bytes]:
+        with output.open("ab") as stream:
+            return subprocess.Popen(
+                [sys.executable, "-m", "relaypolicy", "watch", "--config", str(config)],
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+            )
+
+    def table() -> set[str] | None:
+        try:
+            return set(exported.read_text().split())
+        except FileNotFoundError:
+            return None
+
+    def after_kill() -> None:
+        # The killed process's map shows what it had in memory: only the restarted one's
+        # map tells what survived.
+        exported.unlink(missing_ok=True)
+
+    process = kill_loop(writer, start, table, after_kill, lambda: tail(output))
+    finish(process, writer, table, tmp_path, lambda: tail(output))
+
+
+def test_kill_9_of_serve_with_watch_loses_no_login(tmp_path: Path, writer: LoginWriter) -> None:
+    services: list[Service] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        services.append(start_service(tmp_path, policy_config(tmp_path, export=False)))
+        return services[-1].process
+
+    def table() -> set[str] | None:
+        try:
+            reply = ask(services[-1].control, {"command": "table"}, timeout=10)
+        except OSError:
+            return None
+        return {entry["address"] for entry in reply.get("entries", [])}
+
+    process = kill_loop(writer, start, table, lambda: None, lambda: tail(services[-1].log))
+    finish(process, writer, table, tmp_path, lambda: tail(services[-1].log))
+
+
+def finish(
+    process: subprocess.Popen[bytes],
+    writer: LoginWriter,
+    table: Callable[[], set[str] | None],
+    tmp_path: Path,
+    describe: Callable[[], str],
+) -> None:
+    """Stop writing; once every login is in the table, a clean stop (exit 0) leaves them
+    all in the snapshot and an empty journal."""
+    # Imported here so that the kill loops also run against a release without a journal.
+    from relaypolicy.iptable.journal import read_journal
+    from relaypolicy.iptable.persist import read_entries
+
+    writer.stop()
+    everything = writer.written()
+    deadline = time.monotonic() + CATCH_UP
+    while not set(everything) <= (table() or set()):
+        assert time.monotonic() < deadline, f"not every login came in:\n{describe()}"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, describe()
+    saved = {address for address, _, _ in read_entries(tmp_path / "table.json")}
+    assert set(everything) <= saved
+    assert read_journal(str(tmp_path / "table.json.journal")) == []
+    leftovers = [p.name for p in tmp_path.iterdir() if re.search(r"\.tmp$|\.old$", p.name)]
+    assert leftovers == []
