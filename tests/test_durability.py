@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from realservers import tail
+from realservers import free_port, tail
 from serve_process import Service, start_service
 
 from relaypolicy.control import ask
@@ -120,7 +120,7 @@ def kill_loop(
     live table, ``None`` while it cannot be read) holds every login written before the
     kill. Returns the last process, running."""
     seed = int.from_bytes(os.urandom(4))
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 (kill moments, not secrets)
     began = time.monotonic()
     process = start()
     for kill in range(1, KILLS + 1):
@@ -156,9 +156,7 @@ def kill_loop(
     return process
 
 
-def test_kill_9_of_watch_with_persist_loses_no_login(
-    tmp_path: Path, writer: LoginWriter
-) -> None:
+def test_kill_9_of_watch_with_persist_loses_no_login(tmp_path: Path, writer: LoginWriter) -> None:
     config = tmp_path / "relaypolicy.toml"
     config.write_text(policy_config(tmp_path, export=True))
     exported = tmp_path / "map.txt"
@@ -231,3 +229,152 @@ def finish(
     assert read_journal(str(tmp_path / "table.json.journal")) == []
     leftovers = [p.name for p in tmp_path.iterdir() if re.search(r"\.tmp$|\.old$", p.name)]
     assert leftovers == []
+
+
+# --- an acknowledged change, a start-up that cannot keep state, a stop that could not -----
+
+
+def test_an_acknowledged_add_survives_kill_9_of_serve(tmp_path: Path) -> None:
+    config = policy_config(tmp_path, export=False).split("[watch]")[0]
+    service = start_service(tmp_path, config)
+    try:
+        added = [f"198.51.100.{n}" for n in range(1, 21)]
+        for address in added:
+            reply = ask(service.control, {"command": "add", "address": address, "user": "u"})
+            assert reply == {"ok": True, "added": address}
+        service.process.kill()  # at once: no stop, no snapshot
+        service.process.wait(timeout=10)
+        service = start_service(tmp_path, config)
+        held = {e["address"] for e in ask(service.control, {"command": "table"})["entries"]}
+        assert set(added) <= held, f"{len(set(added) - held)} of 20 acknowledged adds lost"
+    finally:
+        service.stop()
+
+
+def smtpd_config(tmp_path: Path, persist: str) -> Path:
+    config = tmp_path / "smtpd.toml"
+    config.write_text(
+        f"""
+[domains]
+local = ["example.org"]
+
+[pop_before_smtp]
+persist = "{persist}"
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+
+[smtpd]
+listen = ["127.0.0.1:{free_port()}"]
+maildir = "{tmp_path / "maildirs"}"
+control_socket = "{tmp_path / "control.sock"}"
+"""
+    )
+    return config
+
+
+def watch_config(tmp_path: Path, persist: str) -> Path:
+    config = tmp_path / "watch.toml"
+    (tmp_path / "dovecot.log").touch()
+    config.write_text(
+        f"""
+[domains]
+local = ["example.org"]
+
+[pop_before_smtp]
+persist = "{persist}"
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+
+[watch]
+log = "{tmp_path / "dovecot.log"}"
+format = "dovecot"
+"""
+    )
+    return config
+
+
+def serve_config(tmp_path: Path, persist: str) -> Path:
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f"""
+[domains]
+local = ["example.org"]
+
+[pop_before_smtp]
+persist = "{persist}"
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+
+[serve]
+listen = ["127.0.0.1:{free_port()}"]
+control_socket = "{tmp_path / "control.sock"}"
+"""
+    )
+    return config
+
+
+CONFIGS = {"serve": serve_config, "smtpd": smtpd_config, "watch": watch_config}
+READY = {"serve": "relaypolicy serving on", "smtpd": "listening on", "watch": "following"}
+
+
+def unusable_persist(tmp_path: Path, kind: str) -> str:
+    if kind == "missing directory":
+        return str(tmp_path / "no-such-directory" / "table.json")
+    if kind == "FIFO":
+        os.mkfifo(tmp_path / "table.json")
+        return str(tmp_path / "table.json")
+    # Unwritable: root may write anywhere a mode allows; /sys refuses new files to all.
+    if os.geteuid() == 0:
+        return "/sys/relaypolicy-table.json"
+    directory = tmp_path / "read-only"
+    directory.mkdir(mode=0o500)
+    return str(directory / "table.json")
+
+
+@pytest.mark.parametrize("kind", ["missing directory", "FIFO", "unwritable directory"])
+@pytest.mark.parametrize("command", ["serve", "smtpd", "watch"])
+def test_an_unusable_persist_is_refused_at_start(tmp_path: Path, command: str, kind: str) -> None:
+    persist = unusable_persist(tmp_path, kind)
+    config = CONFIGS[command](tmp_path, persist)
+    done = subprocess.run(
+        [sys.executable, "-m", "relaypolicy", command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a FIFO opened for reading would block here for ever
+        check=False,
+    )
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 64, done.stderr
+    assert len(errors) == 1 and persist in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "smtpd", "watch"])
+def test_a_table_that_cannot_be_saved_at_stop_exits_non_zero(tmp_path: Path, command: str) -> None:
+    persist = tmp_path / "table.json"
+    config = CONFIGS[command](tmp_path, str(persist))
+    output = tmp_path / "out.log"
+    with output.open("wb") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "relaypolicy", command, "--config", str(config)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while READY[command] not in output.read_text(errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline, tail(output)
+            time.sleep(0.05)
+        persist.unlink(missing_ok=True)  # written at start; now nothing can replace it
+        persist.mkdir()
+        (persist / "in-the-way").touch()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 74, tail(output)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert "could not save the table" in output.read_text(), tail(output)
