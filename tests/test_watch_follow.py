@@ -633,6 +633,61 @@ def test_follow_drains_a_backlog_without_waiting(log: Path, state: Path) -> None
     assert json.loads(state.read_text())["offset"] == 10_000
 
 
+def test_follow_saves_the_position_only_after_sync_says_the_lines_are_durable(
+    log: Path, state: Path
+) -> None:
+    """The order a crash cannot break: lines read, handled, made durable, position saved."""
+    append(log, "a\nb\n")
+    order: list[str] = []
+    durable = False
+
+    def sync() -> bool:
+        order.append("sync")
+        return durable
+
+    async def run_until_read(follower: LogFollower) -> None:
+        stop = asyncio.Event()
+
+        def handle(lines: list[str]) -> None:
+            order.extend(lines)
+
+        def tick() -> None:
+            if order:
+                stop.set()
+
+        await asyncio.wait_for(
+            follow(follower, handle, stop=stop, interval=0.01, on_tick=tick, sync=sync), 30
+        )
+
+    with LogFollower(log, state_path=state) as follower:
+        asyncio.run(run_until_read(follower))
+    assert order == ["a", "b", "sync"]
+    assert not state.exists()  # the table could not make them durable: not saved
+    order.clear()
+    durable = True
+    with LogFollower(log, state_path=state) as follower:  # so a restart reads them again
+        asyncio.run(run_until_read(follower))
+    assert order == ["a", "b", "sync"]
+    assert json.loads(state.read_text())["offset"] == 4
+
+
+def test_a_watcher_sync_that_fails_keeps_the_position(clocks: tuple[FakeClock, FakeClock]) -> None:
+    class Failing(ExpiringIpTable):
+        def sync(self) -> bool:
+            raise OSError(28, "No space left on device")
+
+    watcher = Watcher(Failing(600, clock=clocks[0]), FakeParser(), wall_clock=clocks[1])
+    assert watcher.sync() is False
+    assert Watcher(ExpiringIpTable(600), FakeParser()).sync() is True  # memory only
+
+
+def test_stale_temporary_state_files_are_removed(log: Path, state: Path) -> None:
+    stale = state.parent / f".{state.name}.abcd1234.tmp"
+    stale.write_text("left by a kill -9")
+    LogFollower(log, state_path=state).close()
+    assert not stale.exists()
+
+
 class _LineByLine:
     """A parser that only has ``parse``: the watcher then reads line by line."""
 
