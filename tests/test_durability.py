@@ -203,6 +203,35 @@ def test_kill_9_of_serve_with_watch_loses_no_login(tmp_path: Path, writer: Login
     finish(process, writer, table, tmp_path, lambda: tail(services[-1].log))
 
 
+def test_kill_9_of_watch_feeding_a_service_loses_no_login(
+    tmp_path: Path, writer: LoginWriter
+) -> None:
+    """``watch --control-socket``: its position moves only once the service (with
+    ``persist``) has answered every login read, i.e. once they are in its journal."""
+    service = start_service(tmp_path, policy_config(tmp_path, export=False).split("[watch]")[0])
+    output = tmp_path / "watch.out"
+    command = [
+        *(sys.executable, "-m", "relaypolicy", "watch", "--format", "dovecot"),
+        *("--log", str(tmp_path / "dovecot.log"), "--position", str(tmp_path / "dovecot.pos")),
+        *("--control-socket", str(service.control)),
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        with output.open("ab") as stream:
+            return subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT)
+
+    def table() -> set[str] | None:
+        reply = ask(service.control, {"command": "table"}, timeout=10)
+        return {entry["address"] for entry in reply.get("entries", [])}
+
+    try:
+        process = kill_loop(writer, start, table, lambda: None, lambda: tail(output))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, tail(output)
+    finally:
+        assert service.stop() == 0, tail(service.log)
+
+
 def finish(
     process: subprocess.Popen[bytes],
     writer: LoginWriter,
