@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from relaypolicy.iptable import ExpiringIpTable, TableFileError
-from relaypolicy.iptable.journal import DurableTable, read_journal
+from relaypolicy.iptable.durable import DurableTable
+from relaypolicy.iptable.journal import read_journal
 from relaypolicy.iptable.persist import read_entries
 from relaypolicy.testing import FakeClock
 

@@ -4,7 +4,7 @@
 with their table: a Redis replica is started and follows its fleet; expired entries are
 swept every few seconds (so memory is given back on a quiet server; lookups never report
 an expired entry either way); with ``persist``, every change is journalled
-(:class:`~relaypolicy.iptable.journal.DurableTable`), a snapshot is written on the sweep
+(:class:`~relaypolicy.iptable.durable.DurableTable`), a snapshot is written on the sweep
 every ``checkpoint_interval`` and at the end; and a replica sends what it still has
 queued when it stops. :class:`TableHost` is that, once.
 """
@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from relaypolicy.fleet import ReplicaTable
-from relaypolicy.iptable.journal import DurableTable
+from relaypolicy.iptable.durable import DurableTable
 
 __all__ = ["EX_IOERR", "TableHost"]
 
@@ -30,7 +30,7 @@ class TableHost:
     """Starts, sweeps, checkpoints and closes ``table`` (``None``: no POP-before-SMTP).
 
     With ``persist`` (a memory table loaded from that snapshot), :attr:`table` is the
-    :class:`~relaypolicy.iptable.journal.DurableTable` around it: use that one, so that
+    :class:`~relaypolicy.iptable.durable.DurableTable` around it: use that one, so that
     every change is journalled. Opening it replays the journal and writes a snapshot, so
     an unusable ``persist`` (a missing or read-only directory, a damaged journal) raises
     here, at start: :class:`OSError` or :class:`~relaypolicy.iptable.TableFileError`.

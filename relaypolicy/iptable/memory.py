@@ -509,7 +509,7 @@ class ExpiringIpTable:
         the file says (a wall clock set back, a file edited by hand). IPv6 entries saved
         with a coarser prefix than ``ipv6_prefix`` cannot be split into addresses and are
         dropped; finer ones are grouped. The changes a running server journalled since
-        this snapshot are replayed by :class:`relaypolicy.iptable.journal.DurableTable`.
+        this snapshot are replayed by :class:`relaypolicy.iptable.durable.DurableTable`.
         """
         from relaypolicy.iptable.persist import read_entries
 

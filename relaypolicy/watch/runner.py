@@ -362,7 +362,7 @@ class LoopTable:
 
     def sync(self) -> bool:
         """The table's ``sync``, called from this (worker) thread: a
-        :class:`~relaypolicy.iptable.journal.DurableTable` is safe to sync from any
+        :class:`~relaypolicy.iptable.durable.DurableTable` is safe to sync from any
         thread, and its ``fsync`` then never stalls the loop. ``True`` without one."""
         sync = getattr(self.table, "sync", None)
         return True if sync is None else bool(sync())

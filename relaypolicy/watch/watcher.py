@@ -93,7 +93,7 @@ class LoginTable(Protocol):
     # Optional: ``changes``, a count that grows whenever an entry changes
     # (:attr:`ExpiringIpTable.changes`); without it exported maps are refreshed after
     # every sweep. ``sync()``, which makes what was recorded durable and returns whether
-    # it is (:meth:`DurableTable.sync <relaypolicy.iptable.journal.DurableTable.sync>`);
+    # it is (:meth:`DurableTable.sync <relaypolicy.iptable.durable.DurableTable.sync>`);
     # without it a table is taken to keep what it records (it lives in memory, or in
     # Redis through a replica's queue).
 
