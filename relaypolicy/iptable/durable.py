@@ -16,11 +16,13 @@ replaying is idempotent, a crash at any point of a checkpoint loses nothing.
 
 A checkpoint (:meth:`DurableTable.checkpoint`: on the sweep every ``checkpoint_interval``
 when something changed, and at stop) writes a new snapshot and starts an empty journal.
-Under the lock, the entries are copied and the journal is renamed to
-``<persist>.journal.old`` (or appended to it, when an earlier checkpoint failed and left
-it); a new journal takes new changes at once. Then, without holding anything the table's
-writers wait for, the snapshot is written atomically, and ``.journal.old`` is deleted.
-Start-up replays ``.journal.old`` first, then ``.journal``.
+The journal is renamed to ``<persist>.journal.old`` (or appended to it, when an earlier
+checkpoint failed and left it) and a new journal takes new changes at once. Then the
+entries are copied (a change made meanwhile is in the new journal and perhaps in the
+copy too: replaying it changes nothing), the snapshot is written atomically, and
+``.journal.old`` is deleted. The table's writers never wait for the snapshot, only for
+the memory table's own copy of its dicts. Start-up replays ``.journal.old`` first, then
+``.journal``.
 
 The table's readers (``lookup``, ``has_client``, ``client_login``) are the memory table's
 own bound methods: the policy's hot path never touches the journal.
@@ -272,10 +274,11 @@ class DurableTable:
                     self._write_pending()
                 except OSError as exc:  # they stay queued for the new journal
                     log.error("cannot write the journal %s: %s", self.journal_path, exc)
-                with self._lock:
-                    rows = _rows(self.table, self.wall_clock)
-                    self._ops = 0
                 self._rotate()
+            # Copied after the rotation: a change made since is in the new journal and
+            # maybe in this snapshot too, which replaying makes no difference to. The
+            # writers wait only for the memory table's own copy of its dicts.
+            rows = _rows(self.table, self.wall_clock)
             try:
                 write_entries(self.persist, rows, ipv6_prefix=self.table.ipv6_prefix)
             except OSError:
@@ -293,7 +296,10 @@ class DurableTable:
         """Move the journal's lines to ``.journal.old`` and open an empty journal."""
         if os.path.exists(self.old_path):
             # An earlier checkpoint failed: .old still holds changes the snapshot lacks.
-            lines = read_regular(self.journal_path).split(b"\n", 1)[1]
+            try:
+                lines = read_regular(self.journal_path).split(b"\n", 1)[1]
+            except FileNotFoundError:  # that one failed before the new journal existed
+                lines = b""
             fd = self._open_journal(self.old_path)
             try:
                 write_all(fd, lines)
@@ -307,6 +313,7 @@ class DurableTable:
         os.close(self._fd)
         self._fd = fd
         self._unsynced = False
+        self._ops = 0
 
     def close(self) -> int:
         """Checkpoint (a last snapshot, an empty journal) and close the journal; the
