@@ -216,6 +216,26 @@ def test_a_change_not_yet_synced_is_not_on_disk(site: Site) -> None:
     assert len(journal_ops(site)) == 1
 
 
+def test_a_sync_with_nothing_new_does_not_fsync(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    durable = site.open()
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    durable.record("203.0.113.7")
+    durable.record("203.0.113.8")
+    durable.sync()
+    assert len(calls) == 1  # one write, one fsync for the batch
+    durable.sync()  # covered already (another thread's sync would find the same)
+    assert len(calls) == 1
+
+
 def test_replay_gives_what_remains_never_more_than_the_ttl(site: Site) -> None:
     durable = site.open()
     durable.record("203.0.113.7", ttl=600)

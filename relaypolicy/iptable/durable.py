@@ -98,6 +98,9 @@ class DurableTable:
         self._sync_lock = threading.Lock()  # the journal's descriptor: writes, fsync, rotation
         self._checkpoint_lock = threading.Lock()  # one checkpoint at a time
         self._pending: list[bytes] = []
+        # Lines ever queued, written, and known durable: a sync whose lines another
+        # one's fsync already covered returns at once (group commit).
+        self._queued = self._written = self._durable = 0
         self._unsynced = False  # written since the last fsync
         self._ops = 0  # since the last checkpoint
         self._snapshot_failed = False
@@ -203,12 +206,14 @@ class DurableTable:
             self.table.record(address, user=user, ttl=ttl)
             expires = self.wall_clock() + (self.table.ttl if ttl is None else ttl)
             self._pending.append(journal_line(("r", address, expires, user)))
+            self._queued += 1
 
     def remove(self, address: str) -> bool:
         """:meth:`ExpiringIpTable.remove`, journalled (durable after the next :meth:`sync`)."""
         with self._lock:
             removed = self.table.remove(address)
             self._pending.append(journal_line(("d", address)))
+            self._queued += 1
         return removed
 
     def clear(self) -> None:
@@ -216,6 +221,7 @@ class DurableTable:
         with self._lock:
             self.table.clear()
             self._pending.append(journal_line(("c",)))
+            self._queued += 1
 
     # --- durability -------------------------------------------------------------------
 
@@ -223,13 +229,20 @@ class DurableTable:
         """Make every change made so far durable: append it to the journal and ``fsync``.
 
         Returns ``True``; raises :class:`OSError` when the journal cannot be written (the
-        changes stay queued and are written by the next call).
+        changes stay queued and are written by the next call). Callers that arrive while
+        an ``fsync`` runs share the next one: whoever goes first writes and syncs what
+        all of them queued, and the others find their changes durable already.
         """
+        with self._lock:
+            target = self._queued
         with self._sync_lock:
+            if self._durable >= target:
+                return True
             self._write_pending()
             if self._unsynced:
                 os.fsync(self._fd)
                 self._unsynced = False
+            self._durable = self._written
         return True
 
     def _write_pending(self) -> None:
@@ -252,6 +265,7 @@ class DurableTable:
         with self._lock:
             del self._pending[:count]
             self._ops += count
+        self._written += count
         self._unsynced = True
 
     def checkpoint_due(self) -> bool:
@@ -310,6 +324,9 @@ class DurableTable:
             os.rename(self.journal_path, self.old_path)
         write_atomically(self.journal_path, HEADER_LINE, mode=0o600)
         fd = self._open_journal(self.journal_path)
+        if self._unsynced:  # what was written is acknowledged once durable: make it so
+            os.fsync(self._fd)
+            self._durable = self._written
         os.close(self._fd)
         self._fd = fd
         self._unsynced = False
