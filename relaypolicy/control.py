@@ -16,6 +16,7 @@ Without ``persist`` the table lives in memory only, and ``durable`` does nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_CONTROL_LINE",
     "TABLE_COMMANDS",
     "ask",
+    "ask_many",
     "read_command",
     "start_control",
     "table_command",
@@ -95,7 +97,7 @@ async def start_control(
 
     A successful change of the table (a reply with ``added`` or ``removed``) is sent
     only after ``durable()`` returned; when it raises :class:`OSError` the reply says
-    the change is in the table but not saved (``"ok": false``)."""
+    the change is in the table but not saved (``"ok": false, "retry": true``)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -103,31 +105,56 @@ async def start_control(
         path.unlink()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Lines are answered in order as they come; the replies go out in the same order,
+        # each once its change is durable. A client that sends many lines before reading
+        # (relaypolicy watch --control-socket) does not wait for an fsync per line: the
+        # table's sync covers every change made so far (group commit).
+        replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None] = asyncio.Queue()
+        sender = asyncio.create_task(_send_replies(replies, writer))
         try:
-            while True:
+            while not sender.done():
                 try:
                     line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError:
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(b'{"ok": false, "error": "line too long"}\n')
+                    replies.put_nowait(_done({"ok": False, "error": "line too long"}))
                     return
                 if len(line) > MAX_CONTROL_LINE:
-                    writer.write(b'{"ok": false, "error": "line too long"}\n')
+                    replies.put_nowait(_done({"ok": False, "error": "line too long"}))
                     return
                 reply = answer(line)
                 if durable is not None and reply.get("ok") and _changes(reply):
-                    reply = await _made_durable(reply, durable)
-                writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-                await writer.drain()
+                    replies.put_nowait(asyncio.ensure_future(_made_durable(reply, durable)))
+                else:
+                    replies.put_nowait(_done(reply))
         except (ConnectionError, OSError):
             return
         finally:
+            replies.put_nowait(None)
+            with contextlib.suppress(ConnectionError, OSError):
+                await sender
             writer.close()
 
     server = await asyncio.start_unix_server(client, path=str(path))
     os.chmod(path, 0o600)  # the control socket can open the relay: owner only
     return server
+
+
+def _done(reply: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    future.set_result(reply)
+    return future
+
+
+async def _send_replies(
+    replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None], writer: asyncio.StreamWriter
+) -> None:
+    """Write the replies of one connection in order, each once it is ready."""
+    while (future := await replies.get()) is not None:
+        reply = await future
+        writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+        await writer.drain()
 
 
 def _changes(reply: dict[str, Any]) -> bool:
@@ -141,7 +168,45 @@ async def _made_durable(
         await durable()
     except OSError as exc:
         log.error("control: a change could not be saved: %s", exc)
-        return {"ok": False, "error": f"changed in memory, but not saved to disk: {exc}"}
+        return {
+            "ok": False,
+            "error": f"changed in memory, but not saved to disk: {exc}",
+            "retry": True,  # not refused: send it again later
+        }
+    return reply
+
+
+def ask_many(
+    path: str | Path, messages: list[dict[str, Any]], *, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Send ``messages`` on one connection to the control socket at ``path``, all at
+    once, then read their replies, in order. Fewer replies than messages when the
+    connection ends early (the service stopped): those are the first ones. Keep a batch
+    to a few hundred messages, so the replies fit the socket's buffer. :class:`OSError`
+    when the socket cannot be reached or answers like no relaypolicy control socket."""
+    replies: list[dict[str, Any]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(os.fspath(path))
+        sock.sendall(b"".join(json.dumps(message).encode() + b"\n" for message in messages))
+        buffer = b""
+        with contextlib.suppress(ConnectionError):
+            while len(replies) < len(messages):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                replies += [_reply(path, line) for line in lines]
+    return replies
+
+
+def _reply(path: str | Path, line: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise OSError(f"{path}: not a relaypolicy control socket")
     return reply
 
 

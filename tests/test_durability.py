@@ -282,6 +282,38 @@ def test_an_acknowledged_add_survives_kill_9_of_serve(tmp_path: Path) -> None:
         service.stop()
 
 
+def test_pipelined_changes_are_answered_in_order_once_durable(tmp_path: Path) -> None:
+    """Many lines on one connection (as ``watch --control-socket`` sends them): each
+    answered, in order; all in the journal when the answers arrive."""
+    from relaypolicy.control import ask_many
+    from relaypolicy.iptable.journal import read_journal
+
+    config = policy_config(tmp_path, export=False).split("[watch]")[0]
+    service = start_service(tmp_path, config)
+    try:
+        messages: list[dict[str, object]] = []
+        for n in range(300):
+            messages.append({"command": "add", "address": f"198.51.100.{n % 200}"})
+            if n % 3 == 0:
+                messages.append({"command": "remove", "address": f"198.51.100.{n % 200}"})
+        messages.append({"command": "add", "address": "not an address"})
+        replies = ask_many(service.control, messages)
+        assert len(replies) == len(messages)
+        for message, reply in zip(messages, replies, strict=True):
+            if message["address"] == "not an address":
+                assert reply["ok"] is False
+            elif message["command"] == "add":
+                assert reply == {"ok": True, "added": message["address"]}
+            else:
+                assert reply["ok"] is True and "removed" in reply
+        journal = read_journal(str(tmp_path / "table.json.journal"))
+        assert [op[0] for op in journal] == [
+            "r" if m["command"] == "add" else "d" for m in messages[:-1]
+        ]
+    finally:
+        assert service.stop() == 0
+
+
 def smtpd_config(tmp_path: Path, persist: str) -> Path:
     config = tmp_path / "smtpd.toml"
     config.write_text(

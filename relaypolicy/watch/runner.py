@@ -22,6 +22,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from relaypolicy.config import ConfigError
-from relaypolicy.control import ask
+from relaypolicy.control import ask, ask_many
 from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError
 from relaypolicy.watch.follow import LogFollower
 from relaypolicy.watch.framing import LineFraming
@@ -237,17 +238,24 @@ def parse_watch(table: Any) -> WatchSettings:
     return settings
 
 
+BATCH = 500  # logins sent on one control connection before reading the replies
+
+
 class ControlSocketTable:
     """The table of a running ``relaypolicy serve``, reached through its control socket.
 
     What ``relaypolicy watch --control-socket`` feeds: each login becomes an ``add`` with
     the login's remaining time; expiry is the service's own business. Calls block (the
-    watcher makes them from a worker thread). While the service cannot be reached (a
-    restart), logins wait in a bounded queue (``max_pending``; the oldest are dropped
-    first and counted in ``dropped``) and are sent again at the next login or sweep, with
-    what remains of their time: a login is never given more time than it had.
-    :meth:`sync` says whether the queue is empty: the service answers an ``add`` only
-    once it is durable there, so the watcher saves its log position only then.
+    watcher makes them from a worker thread). Logins are queued and sent by :meth:`sync`
+    (the end of each of the watcher's rounds) or :meth:`expire`, many on one connection
+    (:func:`~relaypolicy.control.ask_many`): the service answers an ``add`` only once it
+    is durable there, and a batch shares its fsyncs. :meth:`sync` says whether every
+    login was answered, so the watcher saves its log position only then. While the
+    service cannot be reached (a restart), logins wait in a bounded queue
+    (``max_pending``; the oldest are dropped first and counted in ``dropped``, and read
+    again from the log after a restart of the watcher, whose position has not moved) and
+    are sent again at the next round, with what remains of their time: a login is never
+    given more time than it had.
     """
 
     def __init__(self, path: str, *, timeout: float = 10.0, max_pending: int = 100_000) -> None:
@@ -274,27 +282,49 @@ class ControlSocketTable:
         while len(self._pending) > self.max_pending:
             self._pending.popleft()
             self.dropped += 1
-        self._flush()
+        if len(self._pending) >= BATCH:
+            self._flush()  # else at the end of the watcher's round: see sync()
 
     def _flush(self) -> None:
+        """Send the waiting logins, up to :data:`BATCH` on one connection at a time (the
+        service answers each once it is durable, and a batch shares its fsyncs)."""
         while self._pending:
-            address, user, deadline = self._pending[0]
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
+            now = time.monotonic()
+            while self._pending and self._pending[0][2] <= now:
+                self._pending.popleft()  # its time ran out while it waited
+            batch = list(itertools.islice(self._pending, BATCH))
+            messages: list[dict[str, Any]] = []
+            for address, user, deadline in batch:
                 message: dict[str, Any] = {"command": "add", "address": address}
-                message["ttl"] = remaining
+                message["ttl"] = max(deadline - now, 0.001)
                 if user is not None:
                     message["user"] = user
-                try:
-                    self._ask(message)
-                except OSError as exc:
-                    if not self._failing:
-                        log.error("watch: cannot reach %s, keeping logins: %s", self.path, exc)
-                    self._failing = True
-                    return
-                except ValueError as exc:  # the service refused this one: say so, go on
-                    log.warning("watch: %s refused %r: %s", self.path, address, exc)
-            self._pending.popleft()
+                messages.append(message)
+            if not messages:
+                break
+            try:
+                replies = ask_many(self.path, messages, timeout=self.timeout)
+            except OSError as exc:
+                replies, problem = [], str(exc)
+            else:
+                problem = "the connection ended before every login was answered"
+            answered = 0
+            for (address, _, _), reply in zip(batch, replies, strict=False):
+                if reply.get("retry"):  # taken, but not durable there: not acknowledged
+                    problem = str(reply.get("error"))
+                    break
+                if not reply.get("ok"):  # the service refused this one: say so, go on
+                    error = reply.get("error", "refused")
+                    log.warning("watch: %s refused %r: %s", self.path, address, error)
+                self._pending.popleft()
+                answered += 1
+            if answered < len(batch):
+                if not self._failing:
+                    log.error(
+                        "watch: %s did not take every login, keeping them: %s", self.path, problem
+                    )
+                self._failing = True
+                return
         if self._failing:
             log.info("watch: %s reachable again, logins sent", self.path)
             self._failing = False
