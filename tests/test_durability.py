@@ -75,6 +75,20 @@ class LoginWriter(threading.Thread):
         self.join(timeout=10)
 
 
+STARTED: list[subprocess.Popen[bytes]] = []  # every process a kill loop started
+
+
+@pytest.fixture(autouse=True)
+def reap() -> Iterator[None]:
+    """Whatever happens in a test, no process it started outlives it."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[LoginWriter]:
     log = tmp_path / "dovecot.log"
@@ -123,6 +137,7 @@ def kill_loop(
     rng = random.Random(seed)  # noqa: S311 (kill moments, not secrets)
     began = time.monotonic()
     process = start()
+    STARTED.append(process)
     for kill in range(1, KILLS + 1):
         time.sleep(rng.uniform(0.02, 0.7))  # a random moment of its work
         before = writer.written()
@@ -131,6 +146,7 @@ def kill_loop(
         after_kill()
         time.sleep(rng.uniform(0, 0.1))  # logins keep coming while it is down
         process = start()
+        STARTED.append(process)
         deadline = time.monotonic() + CATCH_UP
         while True:
             if process.poll() is not None:
@@ -140,8 +156,6 @@ def kill_loop(
             if not missing:
                 break
             if time.monotonic() > deadline:
-                process.kill()
-                process.wait(timeout=10)
                 pytest.fail(
                     f"kill {kill} of {KILLS} (seed {seed}): {len(missing)} of the "
                     f"{len(before)} logins written before the kill are not in the table "
@@ -190,7 +204,7 @@ def test_kill_9_of_serve_with_watch_loses_no_login(tmp_path: Path, writer: Login
 
     def start() -> subprocess.Popen[bytes]:
         services.append(start_service(tmp_path, policy_config(tmp_path, export=False)))
-        return services[-1].process
+        return services[-1].process  # the reaper stops it if the test fails
 
     def table() -> set[str] | None:
         try:
@@ -209,6 +223,7 @@ def test_kill_9_of_watch_feeding_a_service_loses_no_login(
     """``watch --control-socket``: its position moves only once the service (with
     ``persist``) has answered every login read, i.e. once they are in its journal."""
     service = start_service(tmp_path, policy_config(tmp_path, export=False).split("[watch]")[0])
+    STARTED.append(service.process)
     output = tmp_path / "watch.out"
     command = [
         *(sys.executable, "-m", "relaypolicy", "watch", "--format", "dovecot"),
