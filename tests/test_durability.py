@@ -11,6 +11,7 @@ Real processes, started as an administrator would; every wait has a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -327,6 +328,63 @@ def test_pipelined_changes_are_answered_in_order_once_durable(tmp_path: Path) ->
         ]
     finally:
         assert service.stop() == 0
+
+
+def test_a_change_the_service_could_not_save_is_not_acknowledged(tmp_path: Path) -> None:
+    """The service took an ``add`` but its journal could not be written: the reply says
+    so (``retry``), and ``watch --control-socket``'s table keeps the login and does not
+    let the watcher save its position."""
+    import asyncio
+
+    from relaypolicy.control import start_control, table_command
+    from relaypolicy.iptable import ExpiringIpTable
+    from relaypolicy.watch.runner import ControlSocketTable
+
+    table = ExpiringIpTable(1800)
+    disk_full = True
+    path = tmp_path / "control.sock"
+
+    def answer(line: bytes) -> dict[str, object]:
+        message = json.loads(line)
+        if message["command"] == "stats":
+            return {"ok": True, "stats": {"pop-ttl": 1800}}
+        return table_command(table, message["command"], message)
+
+    async def durable() -> None:
+        if disk_full:
+            raise OSError(28, "No space left on device")
+
+    ready = threading.Event()
+    loops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def main() -> None:
+        done = asyncio.Event()
+        server = await start_control(path, answer, durable=durable)
+        loops.append((asyncio.get_running_loop(), done))
+        ready.set()
+        async with server:
+            await done.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30)
+        reply = ask(path, {"command": "add", "address": "198.51.100.7"})
+        assert reply["ok"] is False and reply["retry"] is True
+        assert "not saved to disk" in reply["error"]
+        feed = ControlSocketTable(str(path))
+        feed.record("198.51.100.8")
+        assert feed.sync() is False  # not acknowledged: the position must not move
+        assert feed.pending == 1
+        disk_full = False
+        assert feed.sync() is True
+        assert feed.pending == 0
+        assert "198.51.100.8" in table
+    finally:
+        if loops:
+            loop, done = loops[0]
+            loop.call_soon_threadsafe(done.set)
+        thread.join(timeout=30)
 
 
 def smtpd_config(tmp_path: Path, persist: str) -> Path:
