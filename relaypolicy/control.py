@@ -5,17 +5,24 @@ JSON object per line: ``{"command": "stats"}`` and so on; ``relaypolicy ctl`` is
 client. The table commands, ``table``, ``add`` (alias ``record``) and ``remove``, are
 the same for both servers and live here; each server answers ``stats`` and anything of
 its own through the ``answer`` callback it passes to :func:`start_control`.
+
+A change (``add``, ``record``, ``remove``) is answered only once it is durable: the
+server passes ``durable`` (its table's journal ``fsync``), awaited before the reply is
+sent, so a client that got ``"ok": true`` (a login hook, ``relaypolicy watch
+--control-socket`` before it saves its log position) knows the change survives a crash.
+Without ``persist`` the table lives in memory only, and ``durable`` does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ __all__ = [
     "MAX_CONTROL_LINE",
     "TABLE_COMMANDS",
     "ask",
+    "ask_many",
     "read_command",
     "start_control",
     "table_command",
@@ -79,10 +87,17 @@ def table_command(table: Any, command: str, message: dict[str, Any]) -> dict[str
 
 
 async def start_control(
-    path: str | Path, answer: Callable[[bytes], dict[str, Any]]
+    path: str | Path,
+    answer: Callable[[bytes], dict[str, Any]],
+    *,
+    durable: Callable[[], Awaitable[None]] | None = None,
 ) -> asyncio.Server:
     """Listen on the unix socket ``path`` (mode 0600), answering each line with
-    ``answer(line)``. An existing socket there is replaced; any other file is not."""
+    ``answer(line)``. An existing socket there is replaced; any other file is not.
+
+    A successful change of the table (a reply with ``added`` or ``removed``) is sent
+    only after ``durable()`` returned; when it raises :class:`OSError` the reply says
+    the change is in the table but not saved (``"ok": false, "retry": true``)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -90,29 +105,109 @@ async def start_control(
         path.unlink()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Lines are answered in order as they come; the replies go out in the same order,
+        # each once its change is durable. A client that sends many lines before reading
+        # (relaypolicy watch --control-socket) does not wait for an fsync per line: the
+        # table's sync covers every change made so far (group commit).
+        replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None] = asyncio.Queue()
+        sender = asyncio.create_task(_send_replies(replies, writer))
         try:
-            while True:
+            while not sender.done():
                 try:
                     line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError:
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(b'{"ok": false, "error": "line too long"}\n')
+                    replies.put_nowait(_done({"ok": False, "error": "line too long"}))
                     return
                 if len(line) > MAX_CONTROL_LINE:
-                    writer.write(b'{"ok": false, "error": "line too long"}\n')
+                    replies.put_nowait(_done({"ok": False, "error": "line too long"}))
                     return
                 reply = answer(line)
-                writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
-                await writer.drain()
+                if durable is not None and reply.get("ok") and _changes(reply):
+                    replies.put_nowait(asyncio.ensure_future(_made_durable(reply, durable)))
+                else:
+                    replies.put_nowait(_done(reply))
         except (ConnectionError, OSError):
             return
         finally:
+            replies.put_nowait(None)
+            with contextlib.suppress(ConnectionError, OSError):
+                await sender
             writer.close()
 
     server = await asyncio.start_unix_server(client, path=str(path))
     os.chmod(path, 0o600)  # the control socket can open the relay: owner only
     return server
+
+
+def _done(reply: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    future.set_result(reply)
+    return future
+
+
+async def _send_replies(
+    replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None], writer: asyncio.StreamWriter
+) -> None:
+    """Write the replies of one connection in order, each once it is ready."""
+    while (future := await replies.get()) is not None:
+        reply = await future
+        writer.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+        await writer.drain()
+
+
+def _changes(reply: dict[str, Any]) -> bool:
+    return "added" in reply or "removed" in reply
+
+
+async def _made_durable(
+    reply: dict[str, Any], durable: Callable[[], Awaitable[None]]
+) -> dict[str, Any]:
+    try:
+        await durable()
+    except OSError as exc:
+        log.error("control: a change could not be saved: %s", exc)
+        return {
+            "ok": False,
+            "error": f"changed in memory, but not saved to disk: {exc}",
+            "retry": True,  # not refused: send it again later
+        }
+    return reply
+
+
+def ask_many(
+    path: str | Path, messages: list[dict[str, Any]], *, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Send ``messages`` on one connection to the control socket at ``path``, all at
+    once, then read their replies, in order. Fewer replies than messages when the
+    connection ends early (the service stopped): those are the first ones. Keep a batch
+    to a few hundred messages, so the replies fit the socket's buffer. :class:`OSError`
+    when the socket cannot be reached or answers like no relaypolicy control socket."""
+    replies: list[dict[str, Any]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(os.fspath(path))
+        sock.sendall(b"".join(json.dumps(message).encode() + b"\n" for message in messages))
+        buffer = b""
+        with contextlib.suppress(ConnectionError):
+            while len(replies) < len(messages):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                replies += [_reply(path, line) for line in lines]
+    return replies
+
+
+def _reply(path: str | Path, line: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise OSError(f"{path}: not a relaypolicy control socket")
+    return reply
 
 
 def ask(path: str | Path, message: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:

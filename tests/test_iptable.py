@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -433,11 +434,18 @@ def test_saved_file_is_plain_versioned_json(tmp_path: Path, table: ExpiringIpTab
     table.record("::ffff:192.0.2.1")
     table.save(path, wall_clock=FakeClock(WALL))
     document = json.loads(path.read_text())
+    entries = [["203.0.113.7", WALL + TTL, "alice"], ["192.0.2.1", WALL + TTL, None]]
+    # The checksum, computed as the format describes it: a header line, then each entry
+    # as compact JSON, one per line.
+    digest = hashlib.sha256(b"relaypolicy-iptable 2 128\n")
+    for entry in entries:
+        digest.update(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
     assert document == {
         "format": "relaypolicy-iptable",
-        "version": 1,
+        "version": 2,
         "ipv6_prefix": 128,
-        "entries": [["203.0.113.7", WALL + TTL, "alice"], ["192.0.2.1", WALL + TTL, None]],
+        "sha256": digest.hexdigest(),
+        "entries": entries,
     }
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it names users and where they are
     assert os.listdir(tmp_path) == ["popauth.json"]  # no temporary file left behind
@@ -477,7 +485,8 @@ def test_missing_file_is_an_empty_table(tmp_path: Path) -> None:
         ('{"format": "relaypolicy-iptable"', "not JSON"),
         ("[]", "not a saved IP table"),
         ('{"format": "something-else", "version": 1, "entries": []}', "not a saved IP table"),
-        ('{"format": "relaypolicy-iptable", "version": 2, "entries": []}', "version 2"),
+        ('{"format": "relaypolicy-iptable", "version": 3, "entries": []}', "version 3"),
+        ('{"format": "relaypolicy-iptable", "version": 2, "entries": []}', 'no "sha256"'),
         ('{"format": "relaypolicy-iptable", "version": "1", "entries": []}', "version '1'"),
         ('{"format": "relaypolicy-iptable", "version": 1}', '"entries" is not a list'),
         ('{"format": "relaypolicy-iptable", "version": 1, "entries": [5]}', "entry 0: expected"),

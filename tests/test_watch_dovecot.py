@@ -58,6 +58,8 @@ class Pump:
     def step(self) -> None:
         lines = self.follower.poll()
         self.watcher.feed(lines)
+        if self.watcher.sync():  # as follow() does: the position moves once they are durable
+            self.follower.save_state()
         self.lines += lines
 
     def until(self, condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:

@@ -273,50 +273,64 @@ def test_start_at_end_skips_history_and_a_torn_last_line(log: Path) -> None:
 # --- the state file ---------------------------------------------------------------------
 
 
+def handled(follower: LogFollower) -> list[str]:
+    """Poll, and tell the follower the lines are handled (what ``follow`` does after its
+    ``sync``): the position is saved."""
+    lines = follower.poll()
+    follower.save_state()
+    return lines
+
+
 def test_restart_continues_where_it_stopped(log: Path, state: Path) -> None:
     append(log, "a\nb\n")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["a", "b"]
+        assert handled(follower) == ["a", "b"]
     saved = json.loads(state.read_text())
     assert saved["offset"] == 4
     assert saved["inode"] == log.stat().st_ino
     append(log, "c\n")  # written while stopped
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["c"]
+        assert handled(follower) == ["c"]
 
 
-def test_state_is_saved_by_poll_not_only_on_close(log: Path, state: Path) -> None:
+def test_the_position_is_saved_only_when_the_caller_says_the_lines_are_handled(
+    log: Path, state: Path
+) -> None:
     append(log, "a\n")
     crashed = LogFollower(log, state_path=state)
-    assert crashed.poll() == ["a"]
+    assert crashed.poll() == ["a"]  # read, but never handled: the process died here
+    crashed.close()  # closing does not save either
+    assert not state.exists()
+    with LogFollower(log, state_path=state) as follower:
+        assert follower.poll() == ["a"]  # read again
+        follower.save_state()
     append(log, "b\n")
-    with LogFollower(log, state_path=state) as follower:  # the first never closed
-        assert follower.poll() == ["b"]
-    crashed.close()
+    with LogFollower(log, state_path=state) as follower:
+        assert handled(follower) == ["b"]
 
 
 def test_state_offset_excludes_a_partial_line(log: Path, state: Path) -> None:
     append(log, "a\nhal")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["a"]
+        assert handled(follower) == ["a"]
     append(log, "f\n")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["half"]
+        assert handled(follower) == ["half"]
 
 
 def test_restart_after_a_rotation_while_down(log: Path, state: Path, tmp_path: Path) -> None:
     append(log, "a\n")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["a"]
+        assert handled(follower) == ["a"]
     append(log, "b (after the stop)\n")
     os.rename(log, tmp_path / "mail.log-20260101")  # dateext naming
     append(log, "c (new file)\n")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["b (after the stop)", "c (new file)"]
+        assert handled(follower) == ["b (after the stop)", "c (new file)"]
         assert follower.rotations == 1
     with LogFollower(log, state_path=state) as follower:  # and the state follows the new file
         append(log, "d\n")
-        assert follower.poll() == ["d"]
+        assert handled(follower) == ["d"]
 
 
 def test_restart_after_rotation_while_down_with_the_log_still_missing(
@@ -324,13 +338,13 @@ def test_restart_after_rotation_while_down_with_the_log_still_missing(
 ) -> None:
     append(log, "a\n")
     with LogFollower(log, state_path=state) as follower:
-        follower.poll()
+        handled(follower)
     append(log, "b\n")
     os.rename(log, tmp_path / "mail.log.1")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["b"]
+        assert handled(follower) == ["b"]
         append(log, "c\n")
-        assert follower.poll() == ["c"]
+        assert handled(follower) == ["c"]
 
 
 def test_restart_after_rotation_when_the_old_file_is_gone(
@@ -338,32 +352,32 @@ def test_restart_after_rotation_when_the_old_file_is_gone(
 ) -> None:
     append(log, "a\n")
     with LogFollower(log, state_path=state) as follower:
-        follower.poll()
+        handled(follower)
     os.rename(log, tmp_path / "mail.log.1")
     (tmp_path / "mail.log.1").unlink()  # e.g. compressed: mail.log.1.gz
     append(log, "c\n")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["c"]
+        assert handled(follower) == ["c"]
 
 
 def test_restart_on_a_reused_inode_reads_from_the_start(log: Path, state: Path) -> None:
     """Same inode, same size, a line end at the offset: only the fingerprint tells."""
     append(log, "old1\n")
     with LogFollower(log, state_path=state) as follower:
-        follower.poll()
+        handled(follower)
     log.write_bytes(b"new1\n")  # rewritten in place: the inode stays
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["new1"]
+        assert handled(follower) == ["new1"]
 
 
 def test_restart_after_copytruncate_while_down(log: Path, state: Path) -> None:
     append(log, "a long line before\n")
     with LogFollower(log, state_path=state) as follower:
-        follower.poll()
+        handled(follower)
     os.truncate(log, 0)
     append(log, "x\n")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["x"]
+        assert handled(follower) == ["x"]
         assert follower.truncations == 1
 
 
@@ -382,7 +396,7 @@ def test_a_bad_state_file_is_ignored(log: Path, state: Path, content: bytes) -> 
     state.write_bytes(content)
     append(log, "a\n")
     with LogFollower(log, state_path=state) as follower:
-        assert follower.poll() == ["a"]
+        assert handled(follower) == ["a"]
     assert json.loads(state.read_text())["offset"] == 2
 
 
@@ -391,12 +405,12 @@ def test_state_file_is_written_atomically_and_only_when_the_position_moves(
 ) -> None:
     append(log, "a\n")
     with LogFollower(log, state_path=state) as follower:
-        follower.poll()
+        handled(follower)
         inode = state.stat().st_ino
-        follower.poll()  # nothing new: not rewritten
+        handled(follower)  # nothing new: not rewritten
         assert state.stat().st_ino == inode
         append(log, "b\n")
-        follower.poll()
+        handled(follower)
         assert state.stat().st_ino != inode  # a new file renamed over the old one
     assert [p.name for p in state.parent.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -617,6 +631,61 @@ def test_follow_drains_a_backlog_without_waiting(log: Path, state: Path) -> None
     asyncio.run(scenario())
     assert seen == [f"line {n:04d}" for n in range(1000)]
     assert json.loads(state.read_text())["offset"] == 10_000
+
+
+def test_follow_saves_the_position_only_after_sync_says_the_lines_are_durable(
+    log: Path, state: Path
+) -> None:
+    """The order a crash cannot break: lines read, handled, made durable, position saved."""
+    append(log, "a\nb\n")
+    order: list[str] = []
+    durable = False
+
+    def sync() -> bool:
+        order.append("sync")
+        return durable
+
+    async def run_until_read(follower: LogFollower) -> None:
+        stop = asyncio.Event()
+
+        def handle(lines: list[str]) -> None:
+            order.extend(lines)
+
+        def tick() -> None:
+            if order:
+                stop.set()
+
+        await asyncio.wait_for(
+            follow(follower, handle, stop=stop, interval=0.01, on_tick=tick, sync=sync), 30
+        )
+
+    with LogFollower(log, state_path=state) as follower:
+        asyncio.run(run_until_read(follower))
+    assert order == ["a", "b", "sync"]
+    assert not state.exists()  # the table could not make them durable: not saved
+    order.clear()
+    durable = True
+    with LogFollower(log, state_path=state) as follower:  # so a restart reads them again
+        asyncio.run(run_until_read(follower))
+    assert order == ["a", "b", "sync"]
+    assert json.loads(state.read_text())["offset"] == 4
+
+
+def test_a_watcher_sync_that_fails_keeps_the_position(clocks: tuple[FakeClock, FakeClock]) -> None:
+    class Failing(ExpiringIpTable):
+        def sync(self) -> bool:
+            raise OSError(28, "No space left on device")
+
+    watcher = Watcher(Failing(600, clock=clocks[0]), FakeParser(), wall_clock=clocks[1])
+    assert watcher.sync() is False
+    assert Watcher(ExpiringIpTable(600), FakeParser()).sync() is True  # memory only
+
+
+def test_stale_temporary_state_files_are_removed(log: Path, state: Path) -> None:
+    stale = state.parent / f".{state.name}.abcd1234.tmp"
+    stale.write_text("left by a kill -9")
+    LogFollower(log, state_path=state).close()
+    assert not stale.exists()
 
 
 class _LineByLine:

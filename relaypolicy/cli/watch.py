@@ -5,7 +5,8 @@ Where the logins go:
 - with ``--control-socket PATH``: into the table of a running ``relaypolicy serve``
   (its ``serve.control_socket``), each with what remains of its time;
 - otherwise into a table of this process, as the configuration describes it
-  (``[pop_before_smtp]``: loaded from and saved to ``persist``), which is useful with
+  (``[pop_before_smtp]``: with ``persist``, journalled beside that snapshot, and each
+  login durable before the log position moves past it), which is useful with
   exported maps (``[[watch.export]]`` or ``--export FORMAT:PATH``): the classic design,
   for an MTA that reads a map instead of asking a service.
 
@@ -26,8 +27,8 @@ from typing import Any
 from relaypolicy.cli._common import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
 from relaypolicy.config import ConfigError, load_config
 from relaypolicy.daemon.logging import configure_logging
-from relaypolicy.fleet import ReplicaTable
 from relaypolicy.iptable import ExpiringIpTable
+from relaypolicy.iptable.host import TableHost
 from relaypolicy.watch.export import EXPORT_FORMATS
 from relaypolicy.watch.parsers import PARSER_FORMATS
 from relaypolicy.watch.runner import (
@@ -174,7 +175,7 @@ def _scan(settings: WatchSettings) -> int:
     return 0
 
 
-async def _follow(watch: LoginWatch) -> None:
+async def _follow(watch: LoginWatch, host: TableHost) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -185,7 +186,11 @@ async def _follow(watch: LoginWatch) -> None:
         signal.SIGHUP,
         lambda: log.warning("watch: SIGHUP ignored (no reload; restart to apply changes)"),
     )
-    await watch.run(stop)
+    await host.start()
+    try:
+        await watch.run(stop)
+    finally:
+        await host.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         configure_logging("INFO", "text")
 
     table: Any
+    host = TableHost(None)  # a service's table is its own business
     if args.control_socket:
         try:
             table = ControlSocketTable(args.control_socket)
@@ -227,27 +233,16 @@ def run(args: argparse.Namespace) -> int:
         if table is None:
             print("relaypolicy watch: error: no [pop_before_smtp] table", file=sys.stderr)
             return EX_USAGE
+        try:  # a Redis replica is started and stopped by the host; persist is journalled
+            host = TableHost(table, persist=config.pop.persist if config.pop else "")
+        except (OSError, ValueError) as exc:  # TableFileError is a ValueError
+            print(f"relaypolicy watch: error: {exc}", file=sys.stderr)
+            return EX_USAGE
+        table = host.table
     else:
         table = ExpiringIpTable(args.ttl or 1800.0)
     watch = LoginWatch(settings, table)
-    shared = isinstance(table, ReplicaTable)  # a Redis state: logins go to the whole fleet
-    if shared:
-        table.start()
-    try:
-        asyncio.run(_follow(watch))
-    finally:
-        if shared:
-            table.close()  # sends the logins still queued (for up to 5 s)
-    if (
-        config is not None
-        and config.pop is not None
-        and config.pop.persist
-        and not (args.control_socket)
-    ):
-        try:
-            table.save(config.pop.persist)
-        except OSError as exc:
-            log.error("could not save the table to %s: %s", config.pop.persist, exc)
+    asyncio.run(_follow(watch, host))
     counters = ", ".join(f"{key} {value}" for key, value in watch.counters().items())
     log.info("watch: stopped (%s)", counters)
-    return 0
+    return host.exit_status

@@ -633,8 +633,11 @@ class ExpiringIpTable:
 
         A missing file gives an empty table. A file that is not a saved table, or is
         damaged, raises :class:`~relaypolicy.iptable.base.TableFileError` naming the path
-        and the fault. IPv6 entries saved with a coarser prefix than ``ipv6_prefix`` cannot
-        be split into addresses and are dropped; finer ones are grouped.
+        and the fault. No entry comes back with more than ``ttl`` seconds left, whatever
+        the file says (a wall clock set back, a file edited by hand). IPv6 entries saved
+        with a coarser prefix than ``ipv6_prefix`` cannot be split into addresses and are
+        dropped; finer ones are grouped. The changes a running server journalled since
+        this snapshot are replayed by :class:`relaypolicy.iptable.durable.DurableTable`.
         """
         from relaypolicy.iptable.persist import read_entries
 
@@ -644,8 +647,9 @@ class ExpiringIpTable:
         with table._lock:
             now = clock()
             offset = now - wall_clock()
+            latest = now + table._ttl
             for address, wall_expiry, user in rows:
-                expires = wall_expiry + offset
+                expires = min(wall_expiry + offset, latest)
                 if expires <= now:
                     continue
                 key = table._saved_key(address)

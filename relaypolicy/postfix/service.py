@@ -1,7 +1,7 @@
 """``relaypolicy serve``: the policy server, its configuration, signals and control socket.
 
 - SIGTERM / SIGINT: stop listening, answer the requests in hand, save the POP-before-SMTP
-  table (when ``persist`` is set), exit 0.
+  table (when ``persist`` is set), exit 0 (74, EX_IOERR, when it could not be saved).
 - SIGHUP: reload the configuration. The new file is validated and its policy built before
   anything changes; a broken file is logged and the old policy keeps serving. The table
   survives a reload (its ttl and limits are not changed by one: restart for that).
@@ -81,7 +81,11 @@ class Service:
         self.config_path = str(config_path)
         self.config = load_config(self.config_path)
         self.listen_override = listen
-        self.table: Any = self.config.make_pop_table()
+        self.host = TableHost(
+            self.config.make_pop_table(),
+            persist=self.config.pop.persist if self.config.pop is not None else "",
+        )
+        self.table: Any = self.host.table  # with persist: the journalled table
         self.server = PolicyServer(
             self.config.build_policy(self.table), _server_settings(self.config)
         )
@@ -92,9 +96,6 @@ class Service:
         self._control: asyncio.Server | None = None
         self._stop = asyncio.Event()
         self.watch = WatchTask()
-        self.host = TableHost(
-            self.table, persist=self.config.pop.persist if self.config.pop is not None else ""
-        )
 
     async def start(self) -> list[str]:
         await self.host.start()
@@ -102,7 +103,9 @@ class Service:
         listeners = [parse_listener(spec, mode=self.config.serve.socket_mode) for spec in specs]
         self.bound = await self.server.start(listeners)
         if self.config.serve.control_socket:
-            self._control = await start_control(self.config.serve.control_socket, self.control)
+            self._control = await start_control(
+                self.config.serve.control_socket, self.control, durable=self.host.sync
+            )
         self.watch.start(self.config.watch, self.table)
         return self.bound
 
@@ -153,7 +156,7 @@ class Service:
         await self._stop.wait()
         log.info("stopping: finishing requests in hand")
         await self.close()
-        return 0
+        return self.host.exit_status
 
     async def close(self) -> None:
         if self._control is not None:

@@ -6,9 +6,9 @@
 configured; AUTH PLAIN/LOGIN against a password file; the POP-before-SMTP table, fed by
 the watcher of ``[watch]`` (:class:`~relaypolicy.watch.runner.WatchTask`) and through
 the control socket (``relaypolicy ctl --socket PATH record ADDRESS``, the same JSON
-lines as ``relaypolicy serve``'s), saved on exit when ``persist`` is set.
+lines as ``relaypolicy serve``'s), journalled and saved on exit when ``persist`` is set.
 
-SIGTERM and SIGINT stop it (exit 0).
+SIGTERM and SIGINT stop it (exit 0; 74, EX_IOERR, when the table could not be saved).
 """
 
 from __future__ import annotations
@@ -85,7 +85,11 @@ class SmtpdServer:
     ) -> None:
         self.config = config
         self.settings = settings
-        self.table = table if table is not None else config.make_pop_table()
+        self.host = TableHost(
+            table if table is not None else config.make_pop_table(),
+            persist=config.pop.persist if config.pop else "",
+        )
+        self.table = self.host.table  # with persist: the journalled table
         self.policy = config.build_policy(self.table)
         self.hostname = settings.server_name  # once: getfqdn() may ask the DNS
         self.listen = list(listen or settings.listen)
@@ -116,7 +120,6 @@ class SmtpdServer:
         self._control: asyncio.Server | None = None
         self._stop = asyncio.Event()
         self.watch = WatchTask()
-        self.host = TableHost(self.table, persist=config.pop.persist if config.pop else "")
 
     def smtp(self) -> SMTP:
         """One aiosmtpd protocol instance (a connection); each reply goes in one write."""
@@ -147,7 +150,9 @@ class SmtpdServer:
                 shown = f"[{address[0]}]" if ":" in address[0] else address[0]
                 self.bound.append(f"{shown}:{address[1]}")
         if self.settings.control_socket is not None:
-            self._control = await start_control(self.settings.control_socket, self.control)
+            self._control = await start_control(
+                self.settings.control_socket, self.control, durable=self.host.sync
+            )
         self.watch.start(self.config.watch, self.table)
         return self.bound
 
@@ -180,7 +185,8 @@ class SmtpdServer:
         log.warning("SIGHUP: relaypolicy smtpd does not reload; restart it to apply changes")
 
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; 0. SIGHUP is logged and otherwise ignored."""
+        """Serve until SIGTERM or SIGINT; 0, or 74 when the table could not be saved.
+        SIGHUP is logged and otherwise ignored."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -194,7 +200,7 @@ class SmtpdServer:
         await self._stop.wait()
         log.info("stopping")
         await self.close()
-        return 0
+        return self.host.exit_status
 
     async def close(self) -> None:
         for server in self._servers:

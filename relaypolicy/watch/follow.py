@@ -33,8 +33,12 @@ stat'ed:
 - no file: keep the open one (its writer may not have reopened yet) and look again at
   the next poll; a file that then appears is a new file, read from its start.
 
-State. With ``state_path``, the position is written atomically as one JSON line after
-every poll that moved it, and on close: device, inode, the offset after the last
+State. With ``state_path``, the position is written atomically as one JSON line by
+:meth:`~LogFollower.save_state`, which the caller calls once the lines that
+:meth:`~LogFollower.poll` returned are handled for good (recorded in a table and made
+durable: :func:`follow` takes a ``sync`` for that). Neither ``poll`` nor ``close`` saves
+it: a process that dies between reading lines and making them durable reads them again
+at its next start. The state holds the device, inode, the offset after the last
 complete line, and a fingerprint (SHA-256 of the file's first KiB, or of all of it
 before the offset when shorter). On start, the log is opened at the saved offset when
 inode and fingerprint match and a line ends there. With the same inode but another
@@ -61,6 +65,7 @@ from collections.abc import Callable
 from os import PathLike
 from typing import TYPE_CHECKING, NamedTuple
 
+from relaypolicy._files import remove_stale_temps
 from relaypolicy.watch.export import write_atomically
 
 if TYPE_CHECKING:
@@ -224,6 +229,8 @@ class LogFollower:
         self.behind = False
         self.lines = self.overlong = self.incomplete = self.undecodable = 0
         self.rotations = self.truncations = 0
+        if self.state_path is not None:
+            remove_stale_temps(self.state_path)  # left by a process killed mid-save
         self._saved = self._load_state()
         self._on_disk = self._saved
 
@@ -235,6 +242,10 @@ class LogFollower:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def position(self) -> FilePosition | None:
@@ -256,7 +267,9 @@ class LogFollower:
     # --- polling ----------------------------------------------------------------------
 
     def poll(self) -> list[str]:
-        """The complete lines appended since the last poll, oldest file first."""
+        """The complete lines appended since the last poll, oldest file first.
+
+        The position is not saved: call :meth:`save_state` once they are handled."""
         if self._closed:
             raise ValueError("poll() on a closed LogFollower")
         out: list[str] = []
@@ -290,7 +303,6 @@ class LogFollower:
     def _done(self, out: list[str], *, behind: bool) -> list[str]:
         self.behind = behind
         self.lines += len(out)
-        self.save_state()
         return out
 
     def _read(self, source: _Source, out: list[str], budget: int) -> int:
@@ -526,7 +538,9 @@ class LogFollower:
         return saved
 
     def save_state(self) -> None:
-        """Write the position to ``state_path`` if it moved since the last save."""
+        """Write the position after the last line :meth:`poll` returned to
+        ``state_path``, if it moved since the last save. Call it only once those lines
+        are handled for good: a restart continues from here."""
         current = self._current
         if self.state_path is None or current is None:
             return
@@ -545,10 +559,9 @@ class LogFollower:
         self._on_disk = saved
 
     def close(self) -> None:
-        """Save the position and close the files."""
+        """Close the files. The position is not saved (see :meth:`save_state`)."""
         if self._closed:
             return
-        self.save_state()
         for source in [*self._draining, *([self._current] if self._current else [])]:
             os.close(source.fd)
         self._draining = []
@@ -563,12 +576,15 @@ async def follow(
     stop: asyncio.Event,
     interval: float = 0.25,
     on_tick: Callable[[], object] | None = None,
+    sync: Callable[[], bool] | None = None,
 ) -> None:
     """Poll ``follower`` every ``interval`` seconds (again at once while it is behind)
     until ``stop`` is set, passing new lines to ``handle_lines``, then calling
-    ``on_tick``. Each round runs in a worker thread (:func:`asyncio.to_thread`), so file
-    reads and fsyncs never stall the event loop; rounds never overlap. The position is
-    saved when it returns; the follower stays open."""
+    ``on_tick``, then ``sync`` (which makes what they recorded durable, and says whether
+    it is), and only then saving the position: a line is never skipped by a restart
+    before what it recorded is on disk. Each round runs in a worker thread
+    (:func:`asyncio.to_thread`), so file reads and fsyncs never stall the event loop;
+    rounds never overlap. The follower stays open when it returns."""
 
     def tick() -> bool:
         lines = follower.poll()
@@ -576,13 +592,12 @@ async def follow(
             handle_lines(lines)
         if on_tick is not None:
             on_tick()
+        if sync is None or sync():
+            follower.save_state()
         return follower.behind
 
-    try:
-        while not stop.is_set():
-            if await asyncio.to_thread(tick):
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-    finally:
-        follower.save_state()
+    while not stop.is_set():
+        if await asyncio.to_thread(tick):
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

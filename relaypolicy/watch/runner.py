@@ -10,11 +10,12 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from relaypolicy.control import ask
+from relaypolicy.control import ask, ask_many
 from relaypolicy.watch.follow import LogFollower
 from relaypolicy.watch.parsers import DovecotParser, DovecotSessions
 from relaypolicy.watch.settings import ExportSettings, WatchSettings, parse_watch
@@ -36,15 +37,24 @@ __all__ = [
 log = logging.getLogger("relaypolicy.watch")
 
 
+BATCH = 500  # logins sent on one control connection before reading the replies
+
+
 class ControlSocketTable:
     """The table of a running ``relaypolicy serve``, reached through its control socket.
 
     What ``relaypolicy watch --control-socket`` feeds: each login becomes an ``add`` with
     the login's remaining time; expiry is the service's own business. Calls block (the
-    watcher makes them from a worker thread). While the service cannot be reached (a
-    restart), logins wait in a bounded queue (``max_pending``; the oldest are dropped
-    first and counted in ``dropped``) and are sent again at the next login or sweep, with
-    what remains of their time: a login is never given more time than it had.
+    watcher makes them from a worker thread). Logins are queued and sent by :meth:`sync`
+    (the end of each of the watcher's rounds) or :meth:`expire`, many on one connection
+    (:func:`~relaypolicy.control.ask_many`): the service answers an ``add`` only once it
+    is durable there, and a batch shares its fsyncs. :meth:`sync` says whether every
+    login was answered, so the watcher saves its log position only then. While the
+    service cannot be reached (a restart), logins wait in a bounded queue
+    (``max_pending``; the oldest are dropped first and counted in ``dropped``, and read
+    again from the log after a restart of the watcher, whose position has not moved) and
+    are sent again at the next round, with what remains of their time: a login is never
+    given more time than it had.
     """
 
     def __init__(self, path: str, *, timeout: float = 10.0, max_pending: int = 100_000) -> None:
@@ -71,27 +81,49 @@ class ControlSocketTable:
         while len(self._pending) > self.max_pending:
             self._pending.popleft()
             self.dropped += 1
-        self._flush()
+        if len(self._pending) >= BATCH:
+            self._flush()  # else at the end of the watcher's round: see sync()
 
     def _flush(self) -> None:
+        """Send the waiting logins, up to :data:`BATCH` on one connection at a time (the
+        service answers each once it is durable, and a batch shares its fsyncs)."""
         while self._pending:
-            address, user, deadline = self._pending[0]
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
+            now = time.monotonic()
+            while self._pending and self._pending[0][2] <= now:
+                self._pending.popleft()  # its time ran out while it waited
+            batch = list(itertools.islice(self._pending, BATCH))
+            messages: list[dict[str, Any]] = []
+            for address, user, deadline in batch:
                 message: dict[str, Any] = {"command": "add", "address": address}
-                message["ttl"] = remaining
+                message["ttl"] = max(deadline - now, 0.001)
                 if user is not None:
                     message["user"] = user
-                try:
-                    self._ask(message)
-                except OSError as exc:
-                    if not self._failing:
-                        log.error("watch: cannot reach %s, keeping logins: %s", self.path, exc)
-                    self._failing = True
-                    return
-                except ValueError as exc:  # the service refused this one: say so, go on
-                    log.warning("watch: %s refused %r: %s", self.path, address, exc)
-            self._pending.popleft()
+                messages.append(message)
+            if not messages:
+                break
+            try:
+                replies = ask_many(self.path, messages, timeout=self.timeout)
+            except OSError as exc:
+                replies, problem = [], str(exc)
+            else:
+                problem = "the connection ended before every login was answered"
+            answered = 0
+            for (address, _, _), reply in zip(batch, replies, strict=False):
+                if reply.get("retry"):  # taken, but not durable there: not acknowledged
+                    problem = str(reply.get("error"))
+                    break
+                if not reply.get("ok"):  # the service refused this one: say so, go on
+                    error = reply.get("error", "refused")
+                    log.warning("watch: %s refused %r: %s", self.path, address, error)
+                self._pending.popleft()
+                answered += 1
+            if answered < len(batch):
+                if not self._failing:
+                    log.error(
+                        "watch: %s did not take every login, keeping them: %s", self.path, problem
+                    )
+                self._failing = True
+                return
         if self._failing:
             log.info("watch: %s reachable again, logins sent", self.path)
             self._failing = False
@@ -99,6 +131,11 @@ class ControlSocketTable:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def sync(self) -> bool:
+        """Send what is waiting; whether the service has acknowledged every login."""
+        self._flush()
+        return not self._pending
 
     def expire(self) -> int:
         """Sends what is waiting; the service expires its own entries (returns 0)."""
@@ -152,6 +189,13 @@ class LoopTable:
     def expire(self) -> int:
         return int(self._on_loop(self.table.expire))
 
+    def sync(self) -> bool:
+        """The table's ``sync``, called from this (worker) thread: a
+        :class:`~relaypolicy.iptable.durable.DurableTable` is safe to sync from any
+        thread, and its ``fsync`` then never stalls the loop. ``True`` without one."""
+        sync = getattr(self.table, "sync", None)
+        return True if sync is None else bool(sync())
+
     @property
     def changes(self) -> int | None:
         """The table's change count (an int read: safe from any thread)."""
@@ -174,11 +218,16 @@ class LoginWatch:
         self.watcher = Watcher(
             table, self.parser, sessions=sessions, max_sessions=settings.max_sessions
         )
-        self.follower = LogFollower(
+        self.follower = self._new_follower()
+        self.exporters = [export.exporter() for export in settings.exports]
+
+    def _new_follower(self) -> LogFollower:
+        settings = self.settings
+        follower = LogFollower(
             settings.log, state_path=settings.position or None, start_at_end=settings.start_at_end
         )
-        self.watcher.follower = self.follower
-        self.exporters = [export.exporter() for export in settings.exports]
+        self.watcher.follower = follower
+        return follower
 
     def counters(self) -> dict[str, int]:
         """What the control socket's ``stats`` shows under ``watch-…``."""
@@ -191,9 +240,13 @@ class LoginWatch:
         return counters
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the log until ``stop`` is set; the position is saved, the follower
-        closed and the exported maps emptied when it returns."""
+        """Follow the log until ``stop`` is set; the follower is closed and the exported
+        maps emptied when it returns. The position was saved after each round whose
+        logins were durable; a run after a failed one starts a new follower from it, so
+        lines read but not made durable are read again."""
         log.info("watch: following %s (%s)", self.settings.log, self.settings.format)
+        if self.follower.closed:
+            self.follower = self._new_follower()
         try:
             await self.watcher.run(
                 self.follower,

@@ -92,7 +92,10 @@ class LoginTable(Protocol):
 
     # Optional: ``changes``, a count that grows whenever an entry changes
     # (:attr:`ExpiringIpTable.changes`); without it exported maps are refreshed after
-    # every sweep.
+    # every sweep. ``sync()``, which makes what was recorded durable and returns whether
+    # it is (:meth:`DurableTable.sync <relaypolicy.iptable.durable.DurableTable.sync>`);
+    # without it a table is taken to keep what it records (it lives in memory, or in
+    # Redis through a replica's queue).
 
 
 class Watcher:
@@ -259,6 +262,18 @@ class Watcher:
             return False
         return True
 
+    def sync(self) -> bool:
+        """Make what was recorded durable (the table's ``sync``, when it has one);
+        whether it is. Only then may the log position move past the lines read."""
+        sync = getattr(self.table, "sync", None)
+        if sync is None:
+            return True
+        try:
+            return bool(sync())
+        except OSError as exc:
+            log.error("watcher: cannot make the logins durable, keeping the position: %s", exc)
+            return False
+
     def sweep(self) -> int:
         """Renew the addresses held by open sessions, then remove the expired entries
         from the table; how many were removed."""
@@ -342,7 +357,8 @@ class Watcher:
         of being written, the table is swept every ``sweep_interval`` (on ``clock``)
         even when no line arrives, and ``exporters`` are updated after every change of the
         table (its ``changes`` count, so also changes made by others) and
-        cleared when the watcher stops (see :meth:`Exporter.close`)."""
+        cleared when the watcher stops (see :meth:`Exporter.close`). The log position
+        is saved only after :meth:`sync` says the logins read are durable."""
         self.follower = follower
         next_sweep = -math.inf
         seen: object = object()  # forces a first export
@@ -371,7 +387,14 @@ class Watcher:
                 exporter.maybe_write()
 
         try:
-            await follow(follower, self.feed, stop=stop, interval=interval, on_tick=on_tick)
+            await follow(
+                follower,
+                self.feed,
+                stop=stop,
+                interval=interval,
+                on_tick=on_tick,
+                sync=self.sync,
+            )
         finally:
             for exporter in exporters:
                 exporter.close()
