@@ -403,6 +403,7 @@ steps = ["pop_before_smtp", "local_domains"]
 [smtpd]
 listen = ["127.0.0.1:{free_port()}"]
 maildir = "{tmp_path / "maildirs"}"
+catch_all = "{tmp_path / "maildirs" / "catch-all"}"
 control_socket = "{tmp_path / "control.sock"}"
 """
     )
