@@ -13,15 +13,17 @@ import importlib.util
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from relaypolicy.domains import DomainSet
 from relaypolicy.errors import ConfigError, DomainError
+from relaypolicy.fleet import ReplicaTable
 from relaypolicy.fleet.urls import parse_state_url
 from relaypolicy.iptable import ExpiringIpTable
-from relaypolicy.iptable.base import IpTable
+from relaypolicy.iptable.base import IpTable, ManagedTable
+from relaypolicy.iptable.durable import DurableTable
 from relaypolicy.model import Verdict
 from relaypolicy.networks import NetworkSet
 from relaypolicy.policies import FirstMatch, LocalDomainOnly, OpenRelay, Policy, TrustedNetworks
@@ -31,10 +33,8 @@ from relaypolicy.policies.ports import ByServerPort
 from relaypolicy.postfix.server import ServerSettings
 from relaypolicy.postfix.settings import parse_serve
 from relaypolicy.settings import Section, locate, parse_port
+from relaypolicy.smtpd.settings import parse_smtpd
 from relaypolicy.watch.settings import WatchSettings, parse_watch
-
-if TYPE_CHECKING:
-    from relaypolicy.fleet import ReplicaTable
 
 __all__ = ["STEPS", "Config", "ConfigError", "Step", "load_config", "parse_config", "read_toml"]
 
@@ -189,19 +189,23 @@ class Config:
         }
         return ByServerPort(by_port, default=default_chain)
 
-    def make_pop_table(self, *, load: bool = True) -> ExpiringIpTable | ReplicaTable | None:
+    def make_pop_table(self, *, load: bool = True, durable: bool = False) -> ManagedTable | None:
         """A new POP-before-SMTP table as configured (loaded from ``persist`` if set).
 
         With a Redis ``state`` it is a :class:`~relaypolicy.fleet.ReplicaTable`, not yet
-        started (its owner calls ``start()`` and ``close()``); with ``load=False`` a
-        memory table stands in for it, and nothing is connected or imported.
+        started (its owner calls ``start()`` and ``close()``). With ``persist`` and
+        ``durable`` (what a long-running command asks for) it is the
+        :class:`~relaypolicy.iptable.durable.DurableTable` around the snapshot: the
+        journal is replayed, a fresh snapshot written, and every change journalled from
+        then on; an unusable ``persist`` raises :class:`OSError` or
+        :class:`~relaypolicy.errors.TableFileError` here. Without ``durable`` the snapshot
+        is only read (``relaypolicy check``). With ``load=False`` a memory table stands in,
+        and nothing is read, connected or imported.
         """
         if self.pop is None:
             return None
         pop = self.pop
         if pop.state != "memory" and load:
-            from relaypolicy.fleet import ReplicaTable
-
             return ReplicaTable(
                 pop.state,
                 pop.ttl,
@@ -211,9 +215,10 @@ class Config:
                 key_prefix=pop.key_prefix,
             )
         if pop.persist and load:
-            return ExpiringIpTable.load(
+            table = ExpiringIpTable.load(
                 pop.persist, pop.ttl, max_entries=pop.max_entries, ipv6_prefix=pop.ipv6_prefix
             )
+            return DurableTable.open(table, pop.persist) if durable else table
         return ExpiringIpTable(pop.ttl, max_entries=pop.max_entries, ipv6_prefix=pop.ipv6_prefix)
 
     def describe(self) -> str:
@@ -329,8 +334,6 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
     document = Section(data, "", SECTIONS)
     if "smtpd" in document:
         # `relaypolicy smtpd` reads it; `serve` ignores it, but a typo is still an error.
-        from relaypolicy.smtpd.settings import parse_smtpd
-
         parse_smtpd(data["smtpd"])
     domains = document.section("domains", ("local", "relay"))
     local = domains.strings("local")

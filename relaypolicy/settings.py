@@ -47,10 +47,12 @@ def parse_host_port(text: str) -> tuple[str, int]:
         host = host[1:-1]
     if not colon or not host or (":" in host and not bracketed):
         raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {text!r}")
-    try:
-        return host, parse_port(port)
-    except ValueError:
-        raise ValueError(f"expected HOST:PORT with a port 1-65535, got {text!r}") from None
+    if port.isascii() and port.isdigit() and port:
+        try:
+            return host, parse_port(port)
+        except ValueError:
+            raise ValueError(f"port out of range in {text!r} (expected 1-65535)") from None
+    raise ValueError(f"expected HOST:PORT with a port 1-65535, got {text!r}")
 
 
 class Section:
@@ -150,14 +152,16 @@ class Section:
             raise self.error(name, f"expected seconds from {low:g} to {high:g}, got {value:g}")
         return value
 
-    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        """A list of strings."""
-        value = self._typed(name, list, "a list of strings", _MISSING)
+    def strings(
+        self, name: str, default: tuple[str, ...] = (), *, item: str = "a string"
+    ) -> tuple[str, ...]:
+        """A list of strings; ``item`` says what each is, for messages."""
+        value = self._typed(name, list, f"a list of {_plural(item)}", _MISSING)
         if value is _MISSING:
             return default
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(f"{self.key(name)}[{index}]: expected a string, got {item!r}")
+        for index, entry in enumerate(value):
+            if not isinstance(entry, str):
+                raise ConfigError(f"{self.key(name)}[{index}]: expected {item}, got {entry!r}")
         return tuple(value)
 
     def host_port(self, name: str, default: str = "") -> tuple[str, int] | None:
@@ -180,6 +184,12 @@ class Section:
             address: (logins,) if isinstance(logins, str) else inner.strings(address)
             for address, logins in value.items()
         }
+
+
+def _plural(item: str) -> str:
+    """``"a string"`` -> ``"strings"``, ``"an address (...)"`` -> ``"addresses"``."""
+    noun = item.split(" (", maxsplit=1)[0].split(" ", 1)[-1]
+    return noun + ("es" if noun.endswith("s") else "s")
 
 
 def _show(value: object) -> str:

@@ -27,7 +27,7 @@ import pytest
 from realservers import free_port, tail
 from serve_process import Service, start_service
 
-from relaypolicy.control import ask
+from relaypolicy.daemon.control import ask
 
 KILLS = 24
 CATCH_UP = 30.0  # seconds for a restarted process to hold every login; far more than needed
@@ -301,7 +301,7 @@ def test_an_acknowledged_add_survives_kill_9_of_serve(tmp_path: Path) -> None:
 def test_pipelined_changes_are_answered_in_order_once_durable(tmp_path: Path) -> None:
     """Many lines on one connection (as ``watch --control-socket`` sends them): each
     answered, in order; all in the journal when the answers arrive."""
-    from relaypolicy.control import ask_many
+    from relaypolicy.daemon.control import ask_many
     from relaypolicy.iptable.journal import read_journal
 
     config = policy_config(tmp_path, export=False).split("[watch]")[0]
@@ -336,9 +336,8 @@ def test_a_change_the_service_could_not_save_is_not_acknowledged(tmp_path: Path)
     let the watcher save its position."""
     import asyncio
 
-    from relaypolicy.control import start_control, table_command
+    from relaypolicy.daemon.control import ControlSocketTable, start_control, table_command
     from relaypolicy.iptable import ExpiringIpTable
-    from relaypolicy.watch.runner import ControlSocketTable
 
     table = ExpiringIpTable(1800)
     disk_full = True

@@ -129,7 +129,7 @@ def test_a_memory_table_never_imports_redis(tmp_path: Any) -> None:
     )
     code = (
         "import asyncio, sys\n"
-        "from relaypolicy.postfix.service import Service\n"
+        "from relaypolicy.daemon.serve import Service\n"
         f"service = Service({str(config)!r})\n"
         "async def main():\n"
         "    await service.start()\n"

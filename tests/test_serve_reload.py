@@ -12,7 +12,16 @@ from pathlib import Path
 from realservers import free_port
 
 from relaypolicy import Request, Verdict
-from relaypolicy.postfix.service import Service
+from relaypolicy.daemon.runtime import Runtime
+from relaypolicy.daemon.serve import Service
+from relaypolicy.iptable.base import ManagedTable
+
+
+def table_of(service: Runtime) -> ManagedTable:
+    """The service's POP-before-SMTP table (these configurations have one)."""
+    assert service.table is not None
+    return service.table
+
 
 POLICY = """
 [domains]
@@ -77,7 +86,7 @@ def test_reload_applies_the_policy_keeps_the_table_and_names_what_waits(tmp_path
 
     async def scenario() -> None:
         async with running(config) as service:
-            service.table.record("127.0.0.21", user="taro")
+            table_of(service).record("127.0.0.21", user="taro")
             assert verdict(service, "127.0.0.30", "u@example.net") is Verdict.REJECT
             write(config, local="example.net", port=port)
             assert service.reload() == "reloaded"
@@ -88,10 +97,10 @@ def test_reload_applies_the_policy_keeps_the_table_and_names_what_waits(tmp_path
             assert result == ("reloaded; restart to apply: serve.listen, pop_before_smtp.ttl"), (
                 result
             )
-            assert service.table.ttl == 1800  # the running table keeps its ttl
+            assert table_of(service).ttl == 1800  # the running table keeps its ttl
             assert service.bound == [f"inet:127.0.0.1:{port}"]
             assert service.stats()["reloads"] == 2
-            assert "127.0.0.21" in service.table
+            assert "127.0.0.21" in table_of(service)
 
     asyncio.run(scenario())
 
@@ -145,11 +154,11 @@ def test_table_survives_a_restart_with_persist(tmp_path: Path) -> None:
     async def run_once(record: bool) -> bool:
         async with running(config) as service:
             if record:
-                service.table.record("127.0.0.22", user="hanako")
+                table_of(service).record("127.0.0.22", user="hanako")
             return verdict(service, "127.0.0.22", "u@aho.jp") is Verdict.ACCEPT
 
     assert asyncio.run(run_once(True))
     assert saved.exists()
     assert asyncio.run(run_once(False))  # a new process reads what the old one saved
-    entry = Service(config).table.lookup("127.0.0.22")
+    entry = table_of(Service(config)).lookup("127.0.0.22")
     assert entry is not None and entry.user == "hanako"

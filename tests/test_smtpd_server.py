@@ -40,10 +40,9 @@ from realservers import (  # noqa: E402
 from relaypolicy import ExpiringIpTable  # noqa: E402
 from relaypolicy.cli import main as cli_main  # noqa: E402
 from relaypolicy.config import ConfigError  # noqa: E402
+from relaypolicy.daemon.smtpd import SmtpdServer, load_smtpd_config  # noqa: E402
 from relaypolicy.smtpd.delivery import mailbox_name  # noqa: E402
 from relaypolicy.smtpd.passwords import PasswordFile  # noqa: E402
-from relaypolicy.smtpd.server import SmtpdServer  # noqa: E402
-from relaypolicy.smtpd.settings import load_smtpd_config  # noqa: E402
 from relaypolicy.testing import FakeClock  # noqa: E402
 
 HOST = "127.0.0.1"

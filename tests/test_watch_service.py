@@ -17,7 +17,16 @@ from serve_process import start_service
 
 from relaypolicy import Request, Verdict
 from relaypolicy.config import ConfigError, parse_config
-from relaypolicy.postfix.service import Service
+from relaypolicy.daemon.runtime import Runtime
+from relaypolicy.daemon.serve import Service
+from relaypolicy.iptable.base import ManagedTable
+
+
+def table_of(service: Runtime) -> ManagedTable:
+    """The service's POP-before-SMTP table (these configurations have one)."""
+    assert service.table is not None
+    return service.table
+
 
 LOGIN = (
     "{stamp} pop3-login: Info: Login: user=<{user}>, method=PLAIN, rip={ip}, "
@@ -201,13 +210,13 @@ def test_serve_runs_the_watcher_on_its_own_table(tmp_path: Path) -> None:
             append(log, FORGED, "127.0.0.66")
             append(log, LOGIN, "127.0.0.11")
             deadline = time.monotonic() + 10
-            while "127.0.0.11" not in service.table:
+            while "127.0.0.11" not in table_of(service):
                 assert time.monotonic() < deadline, "the login never reached the table"
                 await asyncio.sleep(0.02)
             decision = service.server.policy.check(relay_request("127.0.0.11"))
             assert decision.verdict is Verdict.ACCEPT, decision
-            assert "127.0.0.12" not in service.table
-            assert "127.0.0.99" not in service.table
+            assert "127.0.0.12" not in table_of(service)
+            assert "127.0.0.99" not in table_of(service)
             while "127.0.0.11 OK" not in exported.read_text():
                 assert time.monotonic() < deadline, "the map was never written"
                 await asyncio.sleep(0.02)
@@ -226,7 +235,7 @@ def test_serve_runs_the_watcher_on_its_own_table(tmp_path: Path) -> None:
 
 def test_the_map_follows_changes_the_watcher_did_not_make(tmp_path: Path) -> None:
     """`ctl add`, `ctl remove` and expiry reach the exported map, not only new logins."""
-    from relaypolicy.control import table_command
+    from relaypolicy.daemon.control import table_command
 
     log, exported, config = exporting_service(tmp_path)
 
@@ -286,7 +295,7 @@ def test_reload_with_another_log_restarts_the_watcher(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the watcher was not restarted"
                 await asyncio.sleep(0.02)
             append(second, LOGIN, "127.0.0.13")
-            while "127.0.0.13" not in service.table:
+            while "127.0.0.13" not in table_of(service):
                 assert time.monotonic() < deadline, "the new log is not followed"
                 await asyncio.sleep(0.02)
         finally:
@@ -440,8 +449,7 @@ def test_smtpd_runs_the_watcher_and_lets_a_pop_client_relay(tmp_path: Path) -> N
     pytest.importorskip("aiosmtpd")
     import smtplib
 
-    from relaypolicy.smtpd.server import SmtpdServer
-    from relaypolicy.smtpd.settings import load_smtpd_config
+    from relaypolicy.daemon.smtpd import SmtpdServer, load_smtpd_config
 
     log = tmp_path / "dovecot.log"
     log.write_text("")

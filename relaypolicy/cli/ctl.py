@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from relaypolicy.cli._common import EX_USAGE, error
-from relaypolicy.control import ask
+from relaypolicy.daemon.control import ask
 
 __all__ = ["add_parser", "run"]
 

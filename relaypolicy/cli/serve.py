@@ -9,7 +9,7 @@ from typing import Any
 
 from relaypolicy.cli._common import EX_OSERR, EX_USAGE, error
 from relaypolicy.daemon.logging import configure_logging
-from relaypolicy.postfix.service import Service
+from relaypolicy.daemon.serve import Service
 
 __all__ = ["add_parser", "run"]
 

@@ -15,7 +15,6 @@ from typing import Any
 from relaypolicy.cli._common import EX_OSERR, EX_USAGE, error
 from relaypolicy.config import ConfigError
 from relaypolicy.daemon.logging import configure_logging
-from relaypolicy.smtpd.settings import load_smtpd_config
 
 __all__ = ["add_parser", "run"]
 
@@ -48,14 +47,14 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # the optional extra: pip install 'relaypolicy[aiosmtpd]'
+        from relaypolicy.daemon.smtpd import SmtpdServer, load_smtpd_config
+    except ImportError as exc:
+        return error("smtpd", f"{exc} (pip install 'relaypolicy[aiosmtpd]')", EX_USAGE)
     try:
         config, settings = load_smtpd_config(args.config)
     except ConfigError as exc:
         return error("smtpd", str(exc), EX_USAGE)
-    try:  # the optional extra: pip install 'relaypolicy[aiosmtpd]'
-        from relaypolicy.smtpd.server import SmtpdServer
-    except ImportError as exc:
-        return error("smtpd", f"{exc} (pip install 'relaypolicy[aiosmtpd]')", EX_USAGE)
     configure_logging(config.log.level, config.log.format)
     if args.config is None:
         logging.getLogger("relaypolicy.smtpd").info(
@@ -71,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
             return error("smtpd", str(exc), EX_USAGE)
         try:
             return await server.run()
-        except OSError as exc:
-            await server.close()
+        except OSError as exc:  # run() has closed what it started
             return error("smtpd", f"cannot listen: {exc}", EX_OSERR)
 
     return asyncio.run(serve())

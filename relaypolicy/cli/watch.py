@@ -20,24 +20,20 @@ import argparse
 import asyncio
 import datetime
 import logging
-import signal
 import sys
 from typing import Any
 
 from relaypolicy.cli._common import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
 from relaypolicy.config import ConfigError, load_config
+from relaypolicy.daemon.control import ControlSocketTable
 from relaypolicy.daemon.logging import configure_logging
+from relaypolicy.daemon.table import TableHost
+from relaypolicy.daemon.watch import watch_alone
 from relaypolicy.iptable import ExpiringIpTable
-from relaypolicy.iptable.host import TableHost
 from relaypolicy.watch.export import EXPORT_FORMATS
 from relaypolicy.watch.parsers import PARSER_FORMATS
-from relaypolicy.watch.runner import (
-    ControlSocketTable,
-    ExportSettings,
-    LoginWatch,
-    WatchSettings,
-    parse_watch,
-)
+from relaypolicy.watch.runner import ExportSettings, LoginWatch, WatchSettings, parse_watch
+from relaypolicy.watch.watcher import LoginTable
 
 __all__ = ["add_parser", "run"]
 
@@ -175,24 +171,6 @@ def _scan(settings: WatchSettings) -> int:
     return 0
 
 
-async def _follow(watch: LoginWatch, host: TableHost) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    # SIGHUP's default would end the process without emptying the exported maps, whose
-    # entries then never expire: an open relay for whoever gets those addresses next.
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: log.warning("watch: SIGHUP ignored (no reload; restart to apply changes)"),
-    )
-    await host.start()
-    try:
-        await watch.run(stop)
-    finally:
-        await host.close()
-
-
 def run(args: argparse.Namespace) -> int:
     config = None
     try:
@@ -216,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         configure_logging("INFO", "text")
 
-    table: Any
+    table: LoginTable
     host = TableHost(None)  # a service's table is its own business
     if args.control_socket:
         try:
@@ -225,24 +203,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"relaypolicy watch: cannot use {args.control_socket}: {exc}", file=sys.stderr)
             return EX_UNAVAILABLE
     elif config is not None:
-        try:
-            table = config.make_pop_table()
-        except (OSError, ValueError) as exc:
-            print(f"relaypolicy watch: error: {exc}", file=sys.stderr)
-            return EX_USAGE
-        if table is None:
-            print("relaypolicy watch: error: no [pop_before_smtp] table", file=sys.stderr)
-            return EX_USAGE
-        try:  # a Redis replica is started and stopped by the host; persist is journalled
-            host = TableHost(table, persist=config.pop.persist if config.pop else "")
+        try:  # a replica is started and stopped by the host; persist is journalled
+            managed = config.make_pop_table(durable=True)
         except (OSError, ValueError) as exc:  # TableFileError is a ValueError
             print(f"relaypolicy watch: error: {exc}", file=sys.stderr)
             return EX_USAGE
-        table = host.table
+        if managed is None:
+            print("relaypolicy watch: error: no [pop_before_smtp] table", file=sys.stderr)
+            return EX_USAGE
+        host = TableHost(managed)
+        table = managed
     else:
-        table = ExpiringIpTable(args.ttl or 1800.0)
+        table = local = ExpiringIpTable(args.ttl or 1800.0)
+        host = TableHost(local)
     watch = LoginWatch(settings, table)
-    asyncio.run(_follow(watch, host))
+    asyncio.run(watch_alone(watch, host))
     counters = ", ".join(f"{key} {value}" for key, value in watch.counters().items())
     log.info("watch: stopped (%s)", counters)
     return host.exit_status

@@ -343,6 +343,20 @@ class ReplicaTable:
             time.sleep(0.01)
         return True
 
+    def maintain(self) -> None:
+        """Remove the local entries that have expired (Redis drops its own)."""
+        self._table.expire()
+
+    def sync(self) -> bool:
+        """``True``: a change is queued for Redis when made, and Redis's own persistence
+        (its append-only file) is what keeps it; see ``docs/fleet.md``."""
+        return True
+
+    def stats(self) -> dict[str, object]:
+        """``table-entries``, ``pop-ttl`` and the ``fleet-…`` counters."""
+        fleet = {f"fleet-{key}": value for key, value in self.fleet_stats().items()}
+        return {"table-entries": len(self._table), "pop-ttl": self._table.ttl, **fleet}
+
     def fleet_stats(self) -> dict[str, Any]:
         """What ``relaypolicy ctl stats`` shows of the replica."""
         since = self._clock() - self._contact

@@ -268,6 +268,24 @@ class DurableTable:
         self._written += count
         self._unsynced = True
 
+    def start(self) -> None:
+        """Nothing to start: :meth:`open` replayed the journal and wrote a snapshot."""
+
+    def maintain(self) -> None:
+        """Remove expired entries; write a snapshot when one is due (see
+        :meth:`checkpoint_due`). A snapshot that cannot be written is logged and retried
+        at the next one: the journal keeps every change meanwhile."""
+        self.expire()
+        if self.checkpoint_due():
+            try:
+                self.checkpoint()
+            except OSError as exc:
+                log.error("could not write the snapshot %s: %s", self.persist, exc)
+
+    def stats(self) -> dict[str, object]:
+        """``table-entries``, ``pop-ttl`` and ``table-checkpoints``."""
+        return {**self.table.stats(), "table-checkpoints": self.checkpoints}
+
     def checkpoint_due(self) -> bool:
         """Whether something changed since the last checkpoint, ``checkpoint_interval`` ago."""
         changed = self._ops or self._pending or self._snapshot_failed

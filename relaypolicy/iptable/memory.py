@@ -455,6 +455,26 @@ class ExpiringIpTable:
         with self._lock:
             return self._drain(self._clock(), -1)
 
+    # --- the lifecycle a long-running command drives (TableLifecycle) -------------------
+
+    def start(self) -> None:
+        """Nothing to start: a memory table is ready when made."""
+
+    def maintain(self) -> None:
+        """Remove the expired entries, giving their memory back on a quiet server."""
+        self.expire()
+
+    def sync(self) -> bool:
+        """Nothing to write: a memory table keeps nothing on disk (see ``persist``)."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to save (a journalled table, ``persist``, saves itself)."""
+
+    def stats(self) -> dict[str, object]:
+        """``table-entries`` and ``pop-ttl``."""
+        return {"table-entries": len(self), "pop-ttl": self._ttl}
+
     def clear(self) -> None:
         """Forget every entry."""
         with self._lock:

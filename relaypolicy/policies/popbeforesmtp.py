@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeAlias
 
-from relaypolicy.iptable.base import IpTable
+from relaypolicy.iptable.base import TableReader
 from relaypolicy.model import Decision, Request, accept, lookup_failure, next_policy
 from relaypolicy.senders import SenderForm, SenderOwnership, sender_form
 
@@ -63,7 +63,7 @@ class PopBeforeSmtp:
 
     def __init__(
         self,
-        table: IpTable,
+        table: TableReader,
         *,
         bind_sender: SenderBinding | None = None,
         name: str = "PopBeforeSmtp",

@@ -1,4 +1,4 @@
-"""The control socket shared by ``relaypolicy serve`` and ``relaypolicy smtpd``.
+"""The control socket of the long-running commands, its client, and the feed that uses it.
 
 A unix socket, mode 0600 (whoever may write to it may open the relay), that answers one
 JSON object per line: ``{"command": "stats"}`` and so on; ``relaypolicy ctl`` is its
@@ -16,19 +16,25 @@ Without ``persist`` the table lives in memory only, and ``durable`` does nothing
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import json
 import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from relaypolicy.iptable.base import IpEntry
+
 __all__ = [
     "MAX_CONTROL_LINE",
     "TABLE_COMMANDS",
+    "ControlSocketTable",
     "ask",
     "ask_many",
     "read_command",
@@ -231,3 +237,121 @@ def ask(path: str | Path, message: dict[str, Any], *, timeout: float = 10.0) -> 
     if not isinstance(reply, dict):
         raise OSError(f"{path}: not a relaypolicy control socket")
     return reply
+
+
+BATCH = 500  # logins sent on one control connection before reading the replies
+
+
+class ControlSocketTable:
+    """The table of a running ``relaypolicy serve``, reached through its control socket.
+
+    What ``relaypolicy watch --control-socket`` feeds: each login becomes an ``add`` with
+    the login's remaining time; expiry is the service's own business. Calls block (the
+    watcher makes them from a worker thread). Logins are queued and sent by :meth:`sync`
+    (the end of each of the watcher's rounds) or :meth:`expire`, many on one connection
+    (:func:`~relaypolicy.control.ask_many`): the service answers an ``add`` only once it
+    is durable there, and a batch shares its fsyncs. :meth:`sync` says whether every
+    login was answered, so the watcher saves its log position only then. While the
+    service cannot be reached (a restart), logins wait in a bounded queue
+    (``max_pending``; the oldest are dropped first and counted in ``dropped``, and read
+    again from the log after a restart of the watcher, whose position has not moved) and
+    are sent again at the next round, with what remains of their time: a login is never
+    given more time than it had.
+    """
+
+    def __init__(self, path: str, *, timeout: float = 10.0, max_pending: int = 100_000) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._pending: collections.deque[tuple[str, str | None, float]] = collections.deque()
+        self._failing = False
+        stats = self._ask({"command": "stats"}).get("stats", {})
+        if "pop-ttl" not in stats:
+            raise OSError(f"{self.path}: the service has no POP-before-SMTP table")
+        self.ttl = float(stats["pop-ttl"])
+
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        reply = ask(self.path, message, timeout=self.timeout)
+        if not reply.get("ok"):
+            raise ValueError(str(reply.get("error", "refused")))
+        return reply
+
+    def record(self, address: str, *, user: str | None = None, ttl: float | None = None) -> None:
+        deadline = time.monotonic() + (self.ttl if ttl is None else ttl)
+        self._pending.append((address, user, deadline))
+        while len(self._pending) > self.max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+        if len(self._pending) >= BATCH:
+            self._flush()  # else at the end of the watcher's round: see sync()
+
+    def _flush(self) -> None:
+        """Send the waiting logins, up to :data:`BATCH` on one connection at a time (the
+        service answers each once it is durable, and a batch shares its fsyncs)."""
+        while self._pending:
+            now = time.monotonic()
+            while self._pending and self._pending[0][2] <= now:
+                self._pending.popleft()  # its time ran out while it waited
+            batch = list(itertools.islice(self._pending, BATCH))
+            messages: list[dict[str, Any]] = []
+            for address, user, deadline in batch:
+                message: dict[str, Any] = {"command": "add", "address": address}
+                message["ttl"] = max(deadline - now, 0.001)
+                if user is not None:
+                    message["user"] = user
+                messages.append(message)
+            if not messages:
+                break
+            try:
+                replies = ask_many(self.path, messages, timeout=self.timeout)
+            except OSError as exc:
+                replies, problem = [], str(exc)
+            else:
+                problem = "the connection ended before every login was answered"
+            answered = 0
+            for (address, _, _), reply in zip(batch, replies, strict=False):
+                if reply.get("retry"):  # taken, but not durable there: not acknowledged
+                    problem = str(reply.get("error"))
+                    break
+                if not reply.get("ok"):  # the service refused this one: say so, go on
+                    error = reply.get("error", "refused")
+                    log.warning("watch: %s refused %r: %s", self.path, address, error)
+                self._pending.popleft()
+                answered += 1
+            if answered < len(batch):
+                if not self._failing:
+                    log.error(
+                        "watch: %s did not take every login, keeping them: %s", self.path, problem
+                    )
+                self._failing = True
+                return
+        if self._failing:
+            log.info("watch: %s reachable again, logins sent", self.path)
+            self._failing = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def sync(self) -> bool:
+        """Send what is waiting; whether the service has acknowledged every login."""
+        self._flush()
+        return not self._pending
+
+    def expire(self) -> int:
+        """Sends what is waiting; the service expires its own entries (returns 0)."""
+        self._flush()
+        return 0
+
+    def entries(self) -> list[IpEntry]:
+        try:
+            listed = self._ask({"command": "table"}).get("entries", [])
+        except (OSError, ValueError) as exc:  # exported maps fail closed: empty
+            log.error("watch: cannot list the table of %s: %s", self.path, exc)
+            return []
+        now = time.monotonic()
+        return [
+            IpEntry(item["address"], now + float(item["expires_in"]), item.get("user"))
+            for item in listed
+        ]

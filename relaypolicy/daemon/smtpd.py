@@ -1,37 +1,39 @@
-"""``relaypolicy smtpd``: a small policy-enforcing SMTP server on aiosmtpd.
+"""``relaypolicy smtpd``: a small policy-enforcing SMTP server on the daemon runtime.
 
 :class:`SmtpdServer` puts the pieces together: the configured chain in a
 :class:`~relaypolicy.aiosmtpd.RelayPolicyHandler`, in front of a
 :class:`~relaypolicy.smtpd.delivery.MaildirDelivery`; STARTTLS when a certificate is
 configured; AUTH PLAIN/LOGIN against a password file; the POP-before-SMTP table, fed by
-the watcher of ``[watch]`` (:class:`~relaypolicy.watch.runner.WatchTask`) and through
-the control socket (``relaypolicy ctl --socket PATH record ADDRESS``, the same JSON
-lines as ``relaypolicy serve``'s), journalled and saved on exit when ``persist`` is set.
+the watcher of ``[watch]`` and through the control socket (``relaypolicy ctl --socket
+PATH record ADDRESS``, the same JSON lines as ``relaypolicy serve``'s), journalled when
+``persist`` is set.
 
-SIGTERM and SIGINT stop it (exit 0; 74, EX_IOERR, when the table could not be saved).
+SIGTERM and SIGINT stop it (exit 0, or 74 when the table could not be saved); there is no
+reload (SIGHUP is logged and ignored). Needs the ``aiosmtpd`` extra.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 import ssl
-from typing import Any
+import tomllib
+from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
 from relaypolicy.aiosmtpd import PasswordAuthenticator, RelayPolicyHandler, WholeReplySMTP
-from relaypolicy.config import Config
-from relaypolicy.control import TABLE_COMMANDS, read_command, start_control, table_command
-from relaypolicy.iptable.host import TableHost
+from relaypolicy.config import Config, parse_config, read_toml
+from relaypolicy.daemon.runtime import Runtime
+from relaypolicy.domains import DomainSet
+from relaypolicy.errors import ConfigError
+from relaypolicy.iptable.base import ManagedTable
+from relaypolicy.policies import Policy
+from relaypolicy.settings import parse_host_port
 from relaypolicy.smtpd.delivery import MaildirDelivery
-from relaypolicy.smtpd.settings import SmtpdSettings, parse_listen
-from relaypolicy.watch.runner import WatchTask
+from relaypolicy.smtpd.settings import DEFAULT_TOML, SmtpdSettings, parse_smtpd
 
-__all__ = ["SmtpdServer", "make_tls_context"]
+__all__ = ["SmtpdFrontEnd", "SmtpdServer", "load_smtpd_config", "make_tls_context"]
 
 log = logging.getLogger("relaypolicy.smtpd")
 AUTH_ATTEMPTS_PER_CONNECTION = 5  # each costs an scrypt computation; guessing is slowed
@@ -72,29 +74,53 @@ def make_tls_context(settings: SmtpdSettings) -> ssl.SSLContext | None:
     return context
 
 
-class SmtpdServer:
-    """The SMTP server of one configuration. ``table`` replaces the configured one (tests)."""
+def load_smtpd_config(path: str | Path | None) -> tuple[Config, SmtpdSettings]:
+    """The configuration and the ``[smtpd]`` settings of ``path`` (None: the default)."""
+    source = "<embedded default>" if path is None else str(path)
+    data = tomllib.loads(DEFAULT_TOML) if path is None else read_toml(path)
+    try:
+        settings = parse_smtpd(data.pop("smtpd", {}))
+        config = parse_config(data, source=source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if config.auth.require_tls and settings.passwords and settings.tls_certificate is None:
+        raise ConfigError(
+            f"{source}: smtp_auth.require_tls needs smtpd.tls_certificate and smtpd.tls_key "
+            "(AUTH would never be possible)"
+        )
+    _check_mailboxes(settings, config, source)
+    return config, settings
+
+
+def _check_mailboxes(settings: SmtpdSettings, config: Config, source: str) -> None:
+    """Every listed mailbox is in a local domain, and local domains have mailboxes."""
+    local = DomainSet(config.local_domains)
+    for local_part, domain in sorted(settings.mailboxes):
+        if domain and domain not in local:
+            raise ConfigError(
+                f"{source}: smtpd.mailboxes: {local_part}@{domain}: {domain} is not in "
+                "domains.local"
+            )
+    if config.local_domains and not settings.mailboxes and settings.catch_all is None:
+        raise ConfigError(
+            f"{source}: smtpd.mailboxes: mail for {config.local_domains[0]} needs mailboxes: "
+            'list them (mailboxes = ["user@example.org", "postmaster"]) or name one Maildir '
+            'for every local address (catch_all = "maildirs/catch-all")'
+        )
+
+
+class SmtpdFrontEnd:
+    """aiosmtpd's SMTP server, with the policy handler in front of the delivery, as a
+    front end of the runtime."""
 
     def __init__(
-        self,
-        config: Config,
-        settings: SmtpdSettings,
-        *,
-        table: Any = None,
-        listen: list[str] | None = None,
+        self, config: Config, settings: SmtpdSettings, policy: Policy, listen: list[str]
     ) -> None:
         self.config = config
         self.settings = settings
-        self.host = TableHost(
-            table if table is not None else config.make_pop_table(),
-            persist=config.pop.persist if config.pop else "",
-        )
-        self.table = self.host.table  # with persist: the journalled table
-        self.policy = config.build_policy(self.table)
+        self.policy = policy
         self.hostname = settings.server_name  # once: getfqdn() may ask the DNS
-        self.listen = list(listen or settings.listen)
-        for spec in self.listen:
-            parse_listen(spec)  # ValueError now rather than at start
+        self.listen = [parse_host_port(spec) for spec in listen]  # ValueError now
         self.delivery = MaildirDelivery(
             maildir=settings.maildir,
             outgoing=settings.outgoing,
@@ -105,9 +131,7 @@ class SmtpdServer:
             mailboxes=settings.mailboxes,
             catch_all=settings.catch_all,
         )
-        self.handler = RelayPolicyHandler(
-            self.policy, inner=self.delivery, log_format=config.log.format
-        )
+        self.handler = RelayPolicyHandler(policy, inner=self.delivery, log_format=config.log.format)
         self.tls_context = make_tls_context(settings)
         self.authenticator = (
             PasswordAuthenticator(settings.passwords) if settings.passwords is not None else None
@@ -117,9 +141,6 @@ class SmtpdServer:
         self.auth_require_tls = self.tls_context is not None or config.auth.require_tls
         self.bound: list[str] = []
         self._servers: list[asyncio.Server] = []
-        self._control: asyncio.Server | None = None
-        self._stop = asyncio.Event()
-        self.watch = WatchTask()
 
     def smtp(self) -> SMTP:
         """One aiosmtpd protocol instance (a connection); each reply goes in one write."""
@@ -140,21 +161,29 @@ class SmtpdServer:
     async def start(self) -> list[str]:
         """Listen; the bound addresses as ``host:port``."""
         loop = asyncio.get_running_loop()
-        await self.host.start()
-        for spec in self.listen:
-            host, port = parse_listen(spec)
+        logging.getLogger("mail.log").addFilter(_QuietLoginData())
+        for host, port in self.listen:
             server = await loop.create_server(self.smtp, host=host, port=port)
             self._servers.append(server)
             for sock in server.sockets:
                 address = sock.getsockname()
                 shown = f"[{address[0]}]" if ":" in address[0] else address[0]
                 self.bound.append(f"{shown}:{address[1]}")
-        if self.settings.control_socket is not None:
-            self._control = await start_control(
-                self.settings.control_socket, self.control, durable=self.host.sync
-            )
-        self.watch.start(self.config.watch, self.table)
         return self.bound
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    def update(self, config: Config, policy: Policy) -> list[str]:
+        """Never called: ``smtpd`` has no reload."""
+        raise NotImplementedError("relaypolicy smtpd does not reload")
+
+    def stats(self) -> dict[str, object]:
+        return {"listening": self.bound}
 
     def describe(self) -> str:
         """Where mail goes, in words, for the start-up log."""
@@ -176,59 +205,50 @@ class SmtpdServer:
             f"AUTH {'on' if self.authenticator else 'off'}"
         )
 
-    def stop(self) -> None:
-        self._stop.set()
 
-    def hangup(self) -> None:
-        """SIGHUP: there is no reload here (a restart applies a changed file). Without
-        this handler SIGHUP would end the process without saving the table."""
-        log.warning("SIGHUP: relaypolicy smtpd does not reload; restart it to apply changes")
+class SmtpdServer(Runtime):
+    """The SMTP server of one configuration. ``table`` replaces the configured one (tests).
 
-    async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; 0, or 74 when the table could not be saved.
-        SIGHUP is logged and otherwise ignored."""
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stop)
-        loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, self.hangup)
-        logging.getLogger("mail.log").addFilter(_QuietLoginData())
-        bound = await self.start()
-        log.info("relaypolicy smtpd listening on %s", ", ".join(bound))
+    Raises :class:`ValueError` for settings that cannot be used (a listen address, a TLS
+    certificate, a password file: the message names it) and :class:`OSError` or
+    :class:`~relaypolicy.errors.TableFileError` for a ``persist`` that cannot be.
+    """
+
+    name = "relaypolicy smtpd"
+    log = logging.getLogger("relaypolicy.smtpd")
+
+    def __init__(
+        self,
+        config: Config,
+        settings: SmtpdSettings,
+        *,
+        table: ManagedTable | None = None,
+        listen: list[str] | None = None,
+    ) -> None:
+        if table is None:
+            table = config.make_pop_table(durable=True)
+        self.settings = settings
+        self.policy = config.build_policy(table)
+        self.front_end = SmtpdFrontEnd(
+            config, settings, self.policy, list(listen or settings.listen)
+        )
+        super().__init__(config, table, self.front_end, control_socket=settings.control_socket)
+        self.delivery = self.front_end.delivery
+        self.handler = self.front_end.handler
+        self.tls_context = self.front_end.tls_context
+        self.authenticator = self.front_end.authenticator
+        self.auth_require_tls = self.front_end.auth_require_tls
+
+    def smtp(self) -> SMTP:
+        """One aiosmtpd protocol instance (a connection)."""
+        return self.front_end.smtp()
+
+    def describe(self) -> str:
+        """Where mail goes, in words, for the start-up log."""
+        return self.front_end.describe()
+
+    def started_log(self, bound: list[str]) -> None:
+        super().started_log(bound)
         log.info("%s", self.describe())
         if self.authenticator is not None and not self.auth_require_tls:
             log.warning("AUTH is offered without TLS: passwords cross the network in the clear")
-        await self._stop.wait()
-        log.info("stopping")
-        await self.close()
-        return self.host.exit_status
-
-    async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
-        if self._control is not None:
-            self._control.close()
-            assert self.settings.control_socket is not None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.settings.control_socket)
-            self._control = None
-        await self.watch.stop()
-        await self.host.close()
-
-    # --- control socket: the subset of `relaypolicy serve`'s that concerns the table ---
-
-    def control(self, line: bytes) -> dict[str, Any]:
-        """Answer one control command: ``table``, ``add`` (``record``), ``remove``, ``stats``."""
-        parsed = read_command(line)
-        if isinstance(parsed, dict):
-            return parsed
-        command, message = parsed
-        if command == "stats":
-            stats: dict[str, Any] = {"listening": self.bound, **self.host.stats()}
-            stats.update(self.watch.counters())
-            return {"ok": True, "stats": stats}
-        if command not in TABLE_COMMANDS:
-            return {"ok": False, "error": f"unknown command {command!r}"}
-        return table_command(self.table, command, message)
