@@ -39,6 +39,7 @@ complete or still partial at the end of a chunk. Problems with a line's content 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NoReturn
 
 from relaypolicy.errors import ProtocolError
 from relaypolicy.model import Decision, Request, Verdict
@@ -196,8 +197,9 @@ class PolicyConnection:
             self._over_limit(len(buffer), size)  # the partial line is over a limit already
         return completed
 
-    def _over_limit(self, length: int, size: int) -> None:
-        """Raise for the limit crossed first, in stream order, by the current line.
+    def _over_limit(self, length: int, size: int) -> NoReturn:
+        """Raise for the limit crossed first, in stream order, by the current line (which
+        is over at least one of them).
 
         ``length`` is the line's length so far without its LF, ``size`` the request's
         size with it (and with the LF once it has come). The line limit is crossed at the
@@ -205,13 +207,11 @@ class PolicyConnection:
         ``max_request + 1``; the one that comes first in the stream is named (the line
         limit on a tie), so the message does not depend on where the stream was cut.
         """
-        line_over = length > self.max_line
-        if line_over and (
+        if length > self.max_line and (
             size <= self.max_request or self._request_size + self.max_line <= self.max_request
         ):
             raise ProtocolError(f"line longer than {self.max_line} bytes")
-        if size > self.max_request:
-            raise ProtocolError(f"request larger than {self.max_request} bytes")
+        raise ProtocolError(f"request larger than {self.max_request} bytes")
 
     def _whole_request(self, buffer: bytearray, start: int) -> tuple[PolicyRequest, int] | None:
         """The request starting at ``start`` and where the next begins, parsed in one pass.
