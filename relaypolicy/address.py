@@ -16,7 +16,10 @@ questions, once, when the request is built:
 2. What is the destination? The domain after the last ``@`` outside quotes, in canonical
    form (:mod:`relaypolicy.domains`); ``""`` when there is none. A source route
    (``@a,@b:user@dom``) is dropped: RFC 5321 section 4.1.1.3 lets a server ignore it, so
-   the destination is ``user@dom``.
+   the destination is ``user@dom``. A path has at most one pair of angle brackets, around
+   the route and the mailbox (section 4.1.2, ``Path``); a second pair or a route outside
+   the pair (``<<user@dom>>``, ``@a:<user@dom>``) is bad syntax, as Postfix answers for
+   ``<@a:<@b:<user@dom>>>``.
 3. Does the sender ask for routing? If the dequoted local part holds ``@``, ``%`` or ``!``,
    some mail software would deliver the message onward to the domain hidden inside
    (``user%other@local``, ``other!user@local``, ``"user@other"@local``). Such an address
@@ -164,9 +167,18 @@ def _parse_slow(text: str) -> Address:
         path = path[colon + 1 :]
         if not path or path.startswith("@"):
             return _bad(text, "source route without a mailbox")
+        if path.startswith("<"):
+            # "@a:<user@dom>" or "<@a:<user@dom>>": a Path holds one Mailbox, and
+            # brackets or a route around it again would be a second Path.
+            if text.startswith("<"):
+                return _bad(text, "nested angle brackets")
+            return _bad(text, "source route outside angle brackets")
     if path is text:
         return _parse_tokens(text, path)
-    inner = parse_address(path)  # the mailbox inside; its text is the whole path given
+    # The mailbox inside: it starts with neither "<" nor "@", so parse_address reads it
+    # as a Mailbox (fast path, else _parse_tokens), never as a second Path. Its text is
+    # the whole path given.
+    inner = parse_address(path)
     return _new(Address, (text, *inner[1:]))
 
 

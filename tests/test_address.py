@@ -173,6 +173,17 @@ CASES: list[tuple[str, Verdict, str]] = [
     ("user\\@aho.jp@local.test", R, "syntax"),  # backslash outside quotes
     ("user(comment)@local.test", R, "syntax"),
     ("<user@local.test", R, "syntax"),
+    # One pair of angle brackets around the whole path, the route inside (RFC 5321 Path).
+    ("<<user@local.test>>", R, "syntax"),
+    ("<@aho.jp:<user@local.test>>", R, "syntax"),
+    ("@aho.jp:<user@local.test>", R, "syntax"),
+    ("@aho.jp:<user@aho.jp>", R, "syntax"),
+    ("@a:<@b:<user@local.test>>", R, "syntax"),
+    ("@a:<@b:user@local.test>", R, "syntax"),
+    ("@a:<>", R, "syntax"),
+    ("<@a:<>>", R, "syntax"),
+    ("<@a:user@local.test>>", R, "syntax"),
+    ("<user>@local.test", R, "syntax"),
     ('user@"local.test"', R, "syntax"),
     ("user@local.test>", R, "syntax"),
     ("u" * 65 + "@local.test", R, "syntax"),
@@ -283,6 +294,9 @@ def test_error_says_why() -> None:
     assert "nothing after" in (parse_address("user@").error or "")
     assert "starts with '-'" in (parse_address('"-x"@b.example').error or "")
     assert "U+2024" in (parse_address("user@ex\u2024ample.org").error or "")
+    assert parse_address("<<u@b.example>>").error == "nested angle brackets"
+    assert parse_address("<@a:<u@b.example>>").error == "nested angle brackets"
+    assert parse_address("@a:<u@b.example>").error == "source route outside angle brackets"
 
 
 # The fast path (one partition, a cached domain) must agree with the full scanner on
@@ -327,11 +341,14 @@ LAW_SPELLINGS = {"local.test", "例え.jp", "xn--r8jz45g.jp"}
 
 def _really_local(recipient: str) -> bool:
     """Read the recipient with no help from relaypolicy's parser: one pair of angle
-    brackets and a source route are dropped, the domain after the last "@" (one trailing
-    dot ignored) must be a local spelling and the local part must ask for no routing."""
+    brackets and a source route are dropped, no second pair may open then, the domain
+    after the last "@" (one trailing dot ignored) must be a local spelling and the local
+    part must ask for no routing."""
     mailbox = recipient[1:-1] if recipient[:1] == "<" and recipient[-1:] == ">" else recipient
     if mailbox[:1] == "@":
         mailbox = mailbox.partition(":")[2]
+    if mailbox[:1] == "<":
+        return False
     local, at, domain = mailbox.rpartition("@")
     if not at:
         return mailbox.lower() == "postmaster"
@@ -370,6 +387,12 @@ def test_the_law_accepts_and_refuses() -> None:
         assert _really_local(recipient)
         _check_law(recipient, "")
         assert LAW_CHAIN.check(Request(client_address="203.0.113.7", recipient=recipient))[0] is A
-    for recipient in ("user@ex\u2024ample.org", "user@lo\u2024cal.test", "a%b@local.test"):
+    for recipient in (
+        "user@ex\u2024ample.org",
+        "user@lo\u2024cal.test",
+        "a%b@local.test",
+        "@x:<user@local.test>",
+        "<@x:<@y:<user@例え.jp>>>",
+    ):
         assert not _really_local(recipient)
         _check_law(recipient, "")

@@ -385,3 +385,72 @@ def test_actions_make_replies_printable() -> None:
     refused = reject(554, "5.7.1", "<u@aho.jp>: bad\x07 bell", "p", "r")
     assert decision_action(refused, recipient="u@aho.jp") == "554 5.7.1 bad? bell"
     assert decision_action(refused) == "554 5.7.1 <u@aho.jp>: bad? bell"
+
+
+# --- the answer does not depend on where the stream is cut -----------------------------
+
+TINY = {"max_line": 64, "max_request": 256, "max_attributes": 8}
+
+
+# Requests whose last line may cross both the line and the request limit of TINY, in
+# either order: attribute lines under the line limit, then one of any length.
+@st.composite
+def sized_streams(draw: st.DrawFn) -> bytes:
+    sizes = draw(st.lists(st.integers(20, 60), max_size=6))
+    lines = [b"request=smtpd_access_policy", *(b"a%d=" % n + b"x" * k for n, k in enumerate(sizes))]
+    lines.append(b"long=" + b"y" * draw(st.integers(40, 120)))
+    return b"".join(line + b"\n" for line in lines) + draw(st.sampled_from([b"\n", b""]))
+
+
+ANY_STREAM = st.one_of(
+    streams().map(lambda stream: stream[0]), sized_streams(), st.binary(max_size=300)
+)
+
+
+def outcome(limits: dict[str, int], chunks: list[bytes]) -> tuple[list[dict[str, str]], str | None]:
+    """The requests returned until the stream ends or fails, and the error, if any."""
+    connection = PolicyConnection(**limits)
+    got: list[dict[str, str]] = []
+    for chunk in chunks:
+        try:
+            got += [r.attributes for r in connection.receive_data(chunk)]
+        except ProtocolError as exc:
+            return got, str(exc)
+    return got, None
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=ANY_STREAM, limits=st.sampled_from([LIMITS, TINY]), data=st.data())
+def test_any_split_gives_the_requests_and_error_of_the_whole_stream(
+    stream: bytes, limits: dict[str, int], data: st.DataObject
+) -> None:
+    """Fed whole, a byte at a time or cut anywhere: the same error message, and the same
+    requests (when the stream fails, those returned before the error, as far as a feed
+    returns them before it raises)."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6), label="cuts"))
+    chunks = [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]
+    whole, whole_error = outcome(limits, [stream])
+    bytewise, bytewise_error = outcome(limits, [bytes([b]) for b in stream])
+    got, error = outcome(limits, chunks)
+    assert error == whole_error == bytewise_error
+    if error is None:
+        assert got == whole == bytewise
+    else:
+        assert got == bytewise[: len(got)]
+        assert whole == bytewise[: len(whole)]
+
+
+def test_a_line_over_both_limits_names_the_one_it_crossed_first() -> None:
+    """Five lines of 44 bytes, then one of 86: the request passes 256 bytes at the long
+    line's 9th byte, before the line passes 64 bytes; the message is the same however the
+    stream is cut."""
+    head = b"request=smtpd_access_policy\n" + b"".join(
+        b"a%d=" % n + b"x" * 40 + b"\n" for n in range(5)
+    )
+    data = head + b"long=" + b"y" * 80 + b"\n"
+    for cut in range(len(data) + 1):
+        assert outcome(TINY, [data[:cut], data[cut:]]) == ([], "request larger than 256 bytes")
+    # A line that crosses its own limit first is named as too long, cut or whole.
+    early = b"request=smtpd_access_policy\n" + b"long=" + b"y" * 300 + b"\n"
+    for cut in range(len(early) + 1):
+        assert outcome(TINY, [early[:cut], early[cut:]]) == ([], "line longer than 64 bytes")

@@ -28,11 +28,18 @@ line-at-a-time parser from the first line of that request. That parser is the re
 it names the first problem in the stream, and it checks every complete line as soon as it
 arrives, so a broken line is refused without waiting for the end of its request. The
 one-pass parser only accepts what the line parser accepts, with the same attributes.
+
+"First" is in stream order, whatever the chunks: a line is too long at its byte
+``max_line + 1``, a request too large at its byte ``max_request + 1``, and when one line
+crosses both limits the error names the one it crossed first, whether the line is
+complete or still partial at the end of a chunk. Problems with a line's content (NUL,
+``=``, UTF-8) are seen when its LF arrives, after the limits of that line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NoReturn
 
 from relaypolicy.errors import ProtocolError
 from relaypolicy.model import Decision, Request, Verdict
@@ -185,11 +192,26 @@ class PolicyConnection:
             if request is not None:
                 completed.append(request)
         del buffer[:start]
-        if len(buffer) > self.max_line:
-            raise ProtocolError(f"line longer than {self.max_line} bytes")
-        if self._request_size + len(buffer) > self.max_request:
-            raise ProtocolError(f"request larger than {self.max_request} bytes")
+        size = self._request_size + len(buffer)
+        if len(buffer) > self.max_line or size > self.max_request:
+            self._over_limit(len(buffer), size)  # the partial line is over a limit already
         return completed
+
+    def _over_limit(self, length: int, size: int) -> NoReturn:
+        """Raise for the limit crossed first, in stream order, by the current line (which
+        is over at least one of them).
+
+        ``length`` is the line's length so far without its LF, ``size`` the request's
+        size with it (and with the LF once it has come). The line limit is crossed at the
+        line's byte ``max_line + 1``, the request limit at the request's byte
+        ``max_request + 1``; the one that comes first in the stream is named (the line
+        limit on a tie), so the message does not depend on where the stream was cut.
+        """
+        if length > self.max_line and (
+            size <= self.max_request or self._request_size + self.max_line <= self.max_request
+        ):
+            raise ProtocolError(f"line longer than {self.max_line} bytes")
+        raise ProtocolError(f"request larger than {self.max_request} bytes")
 
     def _whole_request(self, buffer: bytearray, start: int) -> tuple[PolicyRequest, int] | None:
         """The request starting at ``start`` and where the next begins, parsed in one pass.
@@ -226,11 +248,10 @@ class PolicyConnection:
         return PolicyRequest(attributes), end + 2
 
     def _line(self, raw: bytes) -> PolicyRequest | None:
-        if len(raw) > self.max_line:
-            raise ProtocolError(f"line longer than {self.max_line} bytes")
-        self._request_size += len(raw) + 1
-        if self._request_size > self.max_request:
-            raise ProtocolError(f"request larger than {self.max_request} bytes")
+        size = self._request_size + len(raw) + 1
+        if len(raw) > self.max_line or size > self.max_request:
+            self._over_limit(len(raw), size)
+        self._request_size = size
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if not raw:
