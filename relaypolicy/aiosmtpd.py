@@ -28,9 +28,11 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         "relaypolicy.aiosmtpd needs aiosmtpd: pip install 'relaypolicy[aiosmtpd]'"
     ) from exc
 
+from relaypolicy.errors import PasswordFileError
 from relaypolicy.model import Decision, Request, Verdict, defer
 from relaypolicy.policies import Policy, relay_access_denied
 from relaypolicy.replies import NO_CLIENT_ADDRESS, POLICY_ERROR
+from relaypolicy.smtpd.passwords import PasswordFile
 
 __all__ = [
     "PasswordAuthenticator",
@@ -364,8 +366,6 @@ class PasswordAuthenticator:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from relaypolicy.smtpd.passwords import PasswordFile
-
         self.path = Path(path)
         self.passwords = PasswordFile.load(self.path)  # PasswordFileError names the line
         self._stamp = self._file_stamp()
@@ -375,8 +375,6 @@ class PasswordAuthenticator:
         return info.st_ino, info.st_size, info.st_mtime_ns
 
     def _current(self) -> Any:
-        from relaypolicy.smtpd.passwords import PasswordFile, PasswordFileError
-
         try:
             stamp = self._file_stamp()
             if stamp != self._stamp:

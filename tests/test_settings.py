@@ -36,9 +36,11 @@ def test_host_port(text: str, expected: tuple[str, int]) -> None:
     assert parse_host_port(text) == expected
 
 
-@pytest.mark.parametrize("text", ["localhost", ":25", "::1:25", "127.0.0.1:abc", "[::1]", "h:0", "h:99999"])
+@pytest.mark.parametrize(
+    "text", ["localhost", ":25", "::1:25", "127.0.0.1:abc", "[::1]", "h:0", "h:99999"]
+)
 def test_bad_host_port(text: str) -> None:
-    with pytest.raises(ValueError, match="HOST:PORT|port out of range"):
+    with pytest.raises(ValueError, match=r"HOST:PORT|port out of range"):
         parse_host_port(text)
 
 

@@ -15,7 +15,6 @@ from typing import Any
 from relaypolicy.cli._common import EX_USAGE, error
 from relaypolicy.config import load_config
 from relaypolicy.errors import DomainError, UsageError
-from relaypolicy.fleet import ReplicaTable
 from relaypolicy.model import Decision, Request, Verdict
 from relaypolicy.policies import FirstMatch, LocalDomainOnly, Policy, TrustedNetworks
 
@@ -97,9 +96,9 @@ def _check_policy(args: argparse.Namespace) -> Policy:
         try:
             config = load_config(args.config)
             table = config.make_pop_table()
-            if isinstance(table, ReplicaTable):  # a Redis state: load the shared table first
+            if table is not None:  # a shared table loads its content from Redis first
                 table.start()
-                if not table.wait_synced(10):
+                if not table.wait_ready(10):
                     print("relaypolicy check: warning: Redis did not answer", file=sys.stderr)
             return config.build_policy(table)
         except (OSError, ValueError) as exc:

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from relaypolicy.iptable.base import IpEntry
+from relaypolicy.iptable.base import IpEntry, TableWriter
 
 __all__ = [
     "MAX_CONTROL_LINE",
@@ -59,7 +59,9 @@ def read_command(line: bytes) -> tuple[str, dict[str, Any]] | dict[str, Any]:
     return message["command"], message
 
 
-def table_command(table: Any, command: str, message: dict[str, Any]) -> dict[str, Any]:
+def table_command(
+    table: TableWriter | None, command: str, message: dict[str, Any]
+) -> dict[str, Any]:
     """Answer ``table``, ``add``/``record`` or ``remove`` for a POP-before-SMTP table."""
     if table is None:
         return {"ok": False, "error": "POP-before-SMTP is not configured"}

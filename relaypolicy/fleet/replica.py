@@ -343,6 +343,10 @@ class ReplicaTable:
             time.sleep(0.01)
         return True
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the shared table is loaded from Redis (see :meth:`wait_synced`)."""
+        return self.wait_synced(timeout)
+
     def maintain(self) -> None:
         """Remove the local entries that have expired (Redis drops its own)."""
         self._table.expire()

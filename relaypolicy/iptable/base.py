@@ -126,6 +126,11 @@ class TableLifecycle(Protocol):
         """Begin: a shared table connects and follows its fleet. Idempotent."""
         ...
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until the table holds its full content (a shared
+        table has loaded it from Redis); whether it does."""
+        ...
+
     def maintain(self) -> None:
         """Housekeeping, every few seconds: expire entries, write a snapshot when due."""
         ...

@@ -271,6 +271,10 @@ class DurableTable:
     def start(self) -> None:
         """Nothing to start: :meth:`open` replayed the journal and wrote a snapshot."""
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Ready when opened: ``True``."""
+        return True
+
     def maintain(self) -> None:
         """Remove expired entries; write a snapshot when one is due (see
         :meth:`checkpoint_due`). A snapshot that cannot be written is logged and retried

@@ -53,6 +53,7 @@ from os import PathLike
 from typing import TYPE_CHECKING
 
 from relaypolicy.iptable.base import IpEntry, Login
+from relaypolicy.iptable.persist import read_entries, write_entries
 from relaypolicy.networks import parse_ip
 
 if TYPE_CHECKING:
@@ -460,6 +461,10 @@ class ExpiringIpTable:
     def start(self) -> None:
         """Nothing to start: a memory table is ready when made."""
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Ready when made: ``True``."""
+        return True
+
     def maintain(self) -> None:
         """Remove the expired entries, giving their memory back on a quiet server."""
         self.expire()
@@ -622,8 +627,6 @@ class ExpiringIpTable:
         :func:`time.time`), so a restart keeps what has not expired yet. The format is
         described in :mod:`relaypolicy.iptable.persist`.
         """
-        from relaypolicy.iptable.persist import write_entries
-
         with self._lock:
             items = list(self._expiry.items())
             users = dict(self._users)
@@ -659,8 +662,6 @@ class ExpiringIpTable:
         dropped; finer ones are grouped. The changes a running server journalled since
         this snapshot are replayed by :class:`relaypolicy.iptable.durable.DurableTable`.
         """
-        from relaypolicy.iptable.persist import read_entries
-
         table = cls(ttl, clock=clock, max_entries=max_entries, ipv6_prefix=ipv6_prefix)
         rows = read_entries(path)
         rows.sort(key=_second)  # so the FIFO takes them in order

@@ -16,6 +16,7 @@ from relaypolicy.policies.auth import SmtpAuthRequired
 from relaypolicy.policies.base import Policy
 from relaypolicy.policies.basic import LocalDomainOnly, TrustedNetworks
 from relaypolicy.policies.chain import FirstMatch
+from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.base import IpTable
@@ -51,8 +52,6 @@ def mx_policy(
         policies.append(TrustedNetworks(networks))
     policies.append(SmtpAuthRequired(otherwise=Verdict.NEXT))
     if pop_table is not None:
-        from relaypolicy.policies.popbeforesmtp import PopBeforeSmtp
-
         policies.append(PopBeforeSmtp(pop_table))
     policies.append(LocalDomainOnly(local_domains, relay_domains))
     return FirstMatch(*policies, name="mx")
