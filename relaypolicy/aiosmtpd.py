@@ -14,7 +14,6 @@ extra.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from relaypolicy.model import Decision, Request, Verdict, defer
 from relaypolicy.policies import Policy, relay_access_denied
 from relaypolicy.replies import NO_CLIENT_ADDRESS, POLICY_ERROR
 from relaypolicy.smtpd.passwords import PasswordFile
+from relaypolicy.text import decision_line, log_safe
 
 __all__ = [
     "PasswordAuthenticator",
@@ -204,11 +204,6 @@ def request_from_session(
     )
 
 
-def _printable(text: str) -> str:
-    """Log-safe: a stranger's address must not forge log lines."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
 _Hook = Callable[..., Awaitable[Any]]
 _NAME = "RelayPolicyHandler"  # the policy named in the handler's own decisions
 _NO_CLIENT = defer(*NO_CLIENT_ADDRESS, _NAME, "no-client")
@@ -334,22 +329,11 @@ class RelayPolicyHandler:
         if request is None or not decisions_log.isEnabledFor(logging.INFO):
             return
         recipient = "" if stage == "MAIL" else request.recipient
+        extra = {"recipient": recipient}
         if self.log_format == "json":
-            fields = {"client": request.client_address, "sender": request.sender}
-            fields.update(recipient=recipient, login=request.sasl_username, stage=stage)
-            fields.update(verdict=decision.verdict.value, policy=decision.policy)
-            fields.update(reason=decision.reason, reply=str(decision))
-            decisions_log.info(json.dumps(fields, ensure_ascii=False))
-            return
-        decisions_log.info(
-            "client=%s sender=<%s> recipient=<%s> verdict=%s policy=%s reason=%s",
-            request.client_address,
-            _printable(request.sender),
-            _printable(recipient),
-            decision.verdict.name,
-            decision.policy,
-            decision.reason,
-        )
+            extra.update(login=request.sasl_username, stage=stage)
+        message, args = decision_line(request, decision, json=self.log_format == "json", **extra)
+        decisions_log.info(message, *args)
 
     def __repr__(self) -> str:
         return f"RelayPolicyHandler({self.policy!r}, inner={self.inner!r})"
@@ -402,7 +386,7 @@ class PasswordAuthenticator:
             return AuthResult(success=False, handled=False)
         if self._current().verify(login, password):
             return AuthResult(success=True, auth_data=SaslLogin(login, mechanism))
-        log.info("%s: authentication failed for %r", session.peer, _printable(login))
+        log.info("%s: authentication failed for %r", session.peer, log_safe(login))
         return AuthResult(success=False, handled=False)
 
 

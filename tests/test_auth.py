@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relaypolicy import FirstMatch, LocalDomainOnly, Request, Verdict
-from relaypolicy.policies.auth import ClientCertificate, SmtpAuthRequired, reply_safe
+from relaypolicy.policies.auth import ClientCertificate, SmtpAuthRequired
+from relaypolicy.text import reply_safe
 
 CLIENT = "203.0.113.7"
 TLS = {"encryption_protocol": "TLSv1.3"}

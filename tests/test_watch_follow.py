@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -418,11 +417,7 @@ def test_state_file_is_written_atomically_and_only_when_the_position_moves(
 # --- the watcher ------------------------------------------------------------------------
 
 
-class FakeLogin(NamedTuple):
-    time: float
-    address: str
-    user: str
-    server: str
+FakeLogin = LoginEvent
 
 
 class FakeParser:

@@ -828,7 +828,8 @@ def test_parser_for(name: str, kind: type[LineParser]) -> None:
     parser = parser_for(name)
     assert isinstance(parser, kind)
     checked: LoginParser = parser  # the protocol the watcher takes
-    assert checked.name == ("regex" if kind is RegexParser else name.lower())
+    assert checked.parse("not a login line") is None
+    assert parser.name == ("regex" if kind is RegexParser else name.lower())
 
 
 @pytest.mark.parametrize("name", ["", "postfix", "dovecot2", "regex", "uw-imap"])

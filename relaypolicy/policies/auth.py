@@ -22,6 +22,7 @@ from relaypolicy.model import Decision, Request, Verdict, accept, defer, next_po
 from relaypolicy.replies import SENDER_NOT_LOGGED_IN as _NOT_LOGGED_IN
 from relaypolicy.replies import SENDER_NOT_OWNED as _NOT_OWNED
 from relaypolicy.senders import SenderForm, SenderOwnership, sender_form
+from relaypolicy.text import reply_safe
 
 __all__ = ["ClientCertificate", "SmtpAuthRequired"]
 
@@ -43,20 +44,6 @@ def _echo(address: str) -> str:
     if address[:1] == "<" and address[-1:] == ">":
         return f"{address}: "
     return f"<{address}>: "
-
-
-def reply_safe(text: str, limit: int = MAX_LOGIN_IN_REPLY) -> str:
-    """``text`` fit to appear in an SMTP reply: printable ASCII only, at most ``limit`` chars.
-
-    Anything else (controls, CR and LF included, non-ASCII) becomes ``?``; a longer text is
-    cut and ends in ``...``. Used for the login name, which the MTA passes through from the
-    client's AUTH exchange.
-    """
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(char if " " <= char <= "~" else "?" for char in text)
 
 
 class SmtpAuthRequired:
@@ -204,7 +191,9 @@ class SmtpAuthRequired:
         if login:
             if ownership.owns(login, sender):
                 return passed
-            text = f"{_echo(request.sender)}{_NOT_OWNED.text} {reply_safe(login)}"
+            text = (
+                f"{_echo(request.sender)}{_NOT_OWNED.text} {reply_safe(login, MAX_LOGIN_IN_REPLY)}"
+            )
             return _new(
                 Decision,
                 (_REJECT, _NOT_OWNED.code, _NOT_OWNED.status, text, self.name, "sender-not-owned"),

@@ -38,11 +38,11 @@ complete or still partial at the end of a chunk. Problems with a line's content 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import NoReturn
 
 from relaypolicy.errors import ProtocolError
 from relaypolicy.model import Decision, Request, Verdict
+from relaypolicy.text import reply_safe
 
 __all__ = [
     "MAX_ATTRIBUTES",
@@ -317,12 +317,4 @@ def decision_action(decision: Decision, *, accept_action: str = "OK", recipient:
         bracketed = recipient if recipient.startswith("<") else f"<{recipient}>"
         if text.startswith(bracketed + ": "):
             text = text[len(bracketed) + 2 :]
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else "?" for c in text)
-    return f"{decision.code} {decision.status} {text}"
-
-
-def attributes_from_mapping(values: Mapping[str, str]) -> bytes:
-    """Encode a request (for tests and clients): ``name=value`` lines and the empty line."""
-    lines = [f"{name}={value}\n" for name, value in values.items()]
-    return ("".join(lines) + "\n").encode()
+    return f"{decision.code} {decision.status} {reply_safe(text, ascii_only=False)}"

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -60,14 +59,12 @@ from relaypolicy.postfix.codec import (
 )
 from relaypolicy.replies import CANNOT_EVALUATE, POLICY_ERROR
 from relaypolicy.settings import parse_host_port
+from relaypolicy.text import decision_line
 
 __all__ = ["Listener", "PolicyServer", "ServerSettings", "parse_listener"]
 
 log = logging.getLogger("relaypolicy.serve")
 decisions_log = logging.getLogger("relaypolicy.decisions")
-
-_TEXT_LINE = "client=%s sender=<%s> recipient=<%s> verdict=%s policy=%s reason=%s"
-_json_line = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps(..., ensure_ascii=False)
 
 
 @attrs.frozen
@@ -234,34 +231,9 @@ class PolicyServer:
         )
 
     def _log_decision(self, request: Request, decision: Decision) -> None:
-        if not decisions_log.isEnabledFor(logging.INFO):
-            return
-        if self.settings.log_format == "json":
-            message = _json_line(
-                {
-                    "client": request.client_address,
-                    "sender": request.sender,
-                    "recipient": request.recipient,
-                    "verdict": decision.verdict.value,
-                    "policy": decision.policy,
-                    "reason": decision.reason,
-                    "reply": str(decision),
-                }
-            )
-            _log_info(decisions_log, message, ())
-        else:
-            _log_info(
-                decisions_log,
-                _TEXT_LINE,
-                (
-                    request.client_address,
-                    _printable(request.sender),
-                    _printable(request.recipient),
-                    decision.verdict.name,
-                    decision.policy,
-                    decision.reason,
-                ),
-            )
+        if decisions_log.isEnabledFor(logging.INFO):
+            json = self.settings.log_format == "json"
+            _log_info(decisions_log, *decision_line(request, decision, json=json))
 
 
 def _log_info(logger: logging.Logger, message: str, args: tuple[Any, ...]) -> None:
@@ -464,13 +436,6 @@ class _PolicyProtocol(asyncio.Protocol):
 
 def _last_answer(connection: _PolicyProtocol) -> float:
     return connection._last_answer
-
-
-def _printable(text: str) -> str:
-    """Log-safe: a stranger's address must not forge log lines (see the watcher)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _peer_name(transport: asyncio.BaseTransport) -> str:

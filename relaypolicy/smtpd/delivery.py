@@ -55,6 +55,7 @@ from relaypolicy.replies import (
     SMARTHOST_UNREACHABLE,
     USER_UNKNOWN,
 )
+from relaypolicy.text import reply_safe
 
 __all__ = ["MaildirDelivery", "mailbox_name", "user_unknown"]
 
@@ -76,7 +77,7 @@ def user_unknown(recipient: str) -> str:
 
 
 def _header_safe(text: str) -> str:
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
+    return reply_safe(text)
 
 
 class MaildirDelivery:

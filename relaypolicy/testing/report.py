@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import NamedTuple
 from xml.etree import ElementTree
 
+from relaypolicy.text import log_safe
+
 __all__ = ["JUnitCase", "format_table", "junit_xml", "write_junit"]
 
 
 def _cell(text: str) -> str:
     """One line, printable: a stranger's address must not break the table (or a terminal)."""
-    return "".join(char if char.isprintable() else f"\\x{ord(char):02x}" for char in text)
+    return log_safe(text)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, limit: int = 100) -> str:

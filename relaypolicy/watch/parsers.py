@@ -91,10 +91,9 @@ _new_event = tuple.__new__
 
 
 class LoginParser(Protocol):
-    """What the watcher needs from a parser. Implement it without inheriting anything."""
-
-    @property
-    def name(self) -> str: ...
+    """What the watcher needs from a parser: a login event for a login line, ``None`` for
+    any other line. Implement it without inheriting anything; a ``malformed`` count and a
+    ``parse_block(text)`` method are optional (see :class:`LineParser`)."""
 
     def parse(self, line: str) -> LoginEvent | None: ...
 

@@ -17,14 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from relaypolicy.watch.follow import LogFollower, follow
+from relaypolicy.watch.parsers import LoginEvent, LoginParser
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.base import IpEntry
     from relaypolicy.watch.export import Exporter
 
 __all__ = [
-    "LoginLineParser",
-    "LoginRecordLike",
     "LoginTable",
     "SessionEndLike",
     "SessionLineReader",
@@ -32,23 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("relaypolicy.watch")
-
-
-class LoginRecordLike(Protocol):
-    """What the watcher reads of a parser's login event (a ``LoginEvent`` has it)."""
-
-    @property
-    def time(self) -> float: ...
-    @property
-    def address(self) -> str: ...
-    @property
-    def user(self) -> str: ...
-
-
-class LoginLineParser(Protocol):
-    """A parser: a login event for a login line, ``None`` for any other line."""
-
-    def parse(self, line: str) -> LoginRecordLike | None: ...
 
 
 class SessionEndLike(Protocol):
@@ -130,7 +112,7 @@ class Watcher:
     def __init__(
         self,
         table: LoginTable,
-        parser: LoginLineParser,
+        parser: LoginParser,
         *,
         ttl: float | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -241,7 +223,7 @@ class Watcher:
         self.logins += recorded
         return recorded
 
-    def _record(self, event: LoginRecordLike, now: float) -> bool:
+    def _record(self, event: LoginEvent, now: float) -> bool:
         """Record one login with what remains of its time; whether it was."""
         when = event.time
         if not math.isfinite(when):
