@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from relaypolicy.model import Decision, Request, Verdict, reject
-from relaypolicy.replies import BAD_RECIPIENT_SYNTAX
-from relaypolicy.replies import RELAY_ACCESS_DENIED as _DENIED
+from relaypolicy.replies import BAD_RECIPIENT_SYNTAX, RELAY_ACCESS_DENIED
+
+_DENIED_CODE, _DENIED_STATUS, _DENIED_TEXT = RELAY_ACCESS_DENIED
 
 __all__ = ["Policy", "bad_recipient_syntax", "relay_access_denied"]
 
@@ -38,12 +39,13 @@ def relay_access_denied(request: Request, policy: str, reason: str) -> Decision:
     """
     recipient = request.recipient
     if recipient[:1] == "<" and recipient[-1:] == ">":
-        text = f"{recipient}: {_DENIED.text}"
+        text = f"{recipient}: {_DENIED_TEXT}"
     else:
-        text = _DENIED.about(recipient)
-    # tuple.__new__ skips the Python-level NamedTuple constructor: this is the hot path of
-    # every refused relay attempt.
-    return _new(Decision, (_REJECT, _DENIED.code, _DENIED.status, text, policy, reason))
+        text = f"<{recipient}>: {_DENIED_TEXT}"
+    # tuple.__new__ skips the Python-level NamedTuple constructor, and the reply's parts are
+    # module constants rather than attribute reads: this is the hot path of every refused
+    # relay attempt (benchmarks/bench_decisions.py).
+    return _new(Decision, (_REJECT, _DENIED_CODE, _DENIED_STATUS, text, policy, reason))
 
 
 def bad_recipient_syntax(policy: str) -> Decision:

@@ -25,6 +25,7 @@ from relaypolicy.replies import TRY_AGAIN_LATER
 __all__ = ["FirstMatch"]
 
 _NEXT = Verdict.NEXT
+_DEFER = Verdict.DEFER
 _ACCEPT = Verdict.ACCEPT
 
 
@@ -96,8 +97,10 @@ class FirstMatch:
             return self._syntax
         for check in self._checks:
             decision = check(request)
-            if decision[0] is not _NEXT:  # decision.verdict, without the attribute lookup
-                if decision.__class__ is LookupFailure:
+            verdict = decision[0]  # decision.verdict, without the attribute lookup
+            if verdict is not _NEXT:
+                # Only a DEFER can be a LookupFailure: ACCEPT and REJECT skip the class test.
+                if verdict is _DEFER and decision.__class__ is LookupFailure:
                     return self._after_lookup_failure(request, check, decision)
                 return decision
         return self._default(request)
