@@ -216,3 +216,23 @@ def test_the_installed_relaypolicy_script_runs() -> None:
         check=False,
     )
     assert (done.returncode, done.stdout.splitlines()[0]) == (0, "250 2.1.5 Ok"), done.stderr
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:abc", "unix:relative.sock", "localhost"])
+def test_serve_refuses_a_bad_listen_with_one_line(
+    listen: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "relaypolicy.toml"
+    config.write_text('[domains]\nlocal = ["example.org"]\n', encoding="utf-8")
+    assert main(["serve", "--config", str(config), "--listen", listen]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith("relaypolicy serve: error: listener") and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_options_are_not_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--conf", "x.toml"])
+    assert exited.value.code == 64
+    # --conf is not taken for --config: the required option is reported missing
+    assert "required: --config" in capsys.readouterr().err

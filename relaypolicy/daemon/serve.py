@@ -36,12 +36,13 @@ class PostfixFrontEnd:
 
     def __init__(self, config: Config, policy: Policy, *, listen: list[str] | None = None):
         self.config = config
-        self.listen = listen or list(config.serve.listen)
+        mode = config.serve.socket_mode
+        # Parsed now: a bad --listen is a usage error before anything starts.
+        self.listeners = [parse_listener(spec, mode=mode) for spec in listen or config.serve.listen]
         self.server = PolicyServer(policy, _server_settings(config))
 
     async def start(self) -> list[str]:
-        mode = self.config.serve.socket_mode
-        return await self.server.start([parse_listener(spec, mode=mode) for spec in self.listen])
+        return await self.server.start(self.listeners)
 
     async def close(self) -> None:
         await self.server.close()
