@@ -5,8 +5,9 @@ form, Dovecot's own ``log_path`` file); :mod:`relaypolicy.watch.parsers` reads t
 logins of Dovecot, Courier, Cyrus, qpopper and UW ipop3d/imapd, or a regular expression
 of your own; :mod:`relaypolicy.watch.follow` follows a log through rotation and restarts
 and records the logins in a table; :mod:`relaypolicy.watch.export` writes the live table
-as an MTA's map; :mod:`relaypolicy.watch.runner` builds all of it from the ``[watch]``
-configuration. See ``docs/watcher.md``.
+as an MTA's map; :mod:`relaypolicy.watch.settings` reads the ``[watch]`` section and
+:mod:`relaypolicy.watch.runner` builds all of it from there (the daemon runs it: see
+:mod:`relaypolicy.daemon.watch`). See ``docs/watcher.md``.
 """
 
 from relaypolicy.watch.export import EXPORT_FORMATS, Exporter, ExportError, render
