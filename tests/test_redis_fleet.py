@@ -26,12 +26,6 @@ pytestmark = pytest.mark.real
 
 
 @pytest.fixture
-def redis_server() -> Iterator[RedisInstance]:
-    with running_redis() as instance:
-        yield instance
-
-
-@pytest.fixture
 def replicas() -> Iterator[Callable[..., ReplicaTable]]:
     """Make started replicas; all are closed at the end of the test."""
     made: list[ReplicaTable] = []

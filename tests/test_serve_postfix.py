@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -144,9 +144,11 @@ def test_reload_with_broken_file_keeps_serving(stack: tuple[PostfixInstance, Ser
     assert service.ctl("reload")["ok"] is True
 
 
-def test_service_down_means_postfix_default_action_never_a_relay(tmp_path: Path) -> None:
+def test_service_down_means_postfix_default_action_never_a_relay(
+    serve: Callable[[str], Service],
+) -> None:
     require_loopback_address(OUTSIDER)
-    service = start_service(tmp_path)
+    service = serve(CONFIG.format(trusted=TRUSTED))
     gate = f"check_policy_service {{ inet:127.0.0.1:{service.port}, default_action=DEFER }}, reject"
     config = PostfixConfig(mydestination=["local.test"], extra={"smtpd_relay_restrictions": gate})
     with running_postfix(config) as postfix:
@@ -158,10 +160,10 @@ def test_service_down_means_postfix_default_action_never_a_relay(tmp_path: Path)
         assert "stopping" in service.log.read_text()
 
 
-def test_sigterm_under_load_loses_no_answered_request(tmp_path: Path) -> None:
+def test_sigterm_under_load_loses_no_answered_request(serve: Callable[[str], Service]) -> None:
     """Many clients keep asking while SIGTERM arrives: every request that got an answer
     got a complete, correct one, and the service exits 0."""
-    service = start_service(tmp_path)
+    service = serve(CONFIG.format(trusted=TRUSTED))
     request = (
         b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=203.0.113.7\n"
         b"recipient=user@aho.jp\n\n"

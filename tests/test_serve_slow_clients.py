@@ -12,11 +12,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-import serve_process
 from postfix_instance import PostfixConfig, RcptSession, running_postfix
 from realservers import require_loopback_address, tail
 from serve_process import Service
@@ -59,16 +57,13 @@ def trickle(port: int, stop: threading.Event) -> None:
 
 
 @pytest.fixture()
-def service(tmp_path: Path) -> Iterator[Service]:
-    service = serve_process.start_service(tmp_path, CONFIG)
-    try:
-        # start_service's [serve] section is the file's last: these keys land in it.
-        with service.config.open("a") as config:
-            config.write(f"max_connections = {SLOTS}\nrequest_timeout = 2\n")
-        assert service.ctl("reload")["ok"] is True, tail(service.log)
-        yield service
-    finally:
-        service.stop()
+def service(serve: Callable[[str], Service]) -> Service:
+    service = serve(CONFIG)
+    # start_service's [serve] section is the file's last: these keys land in it.
+    with service.config.open("a") as config:
+        config.write(f"max_connections = {SLOTS}\nrequest_timeout = 2\n")
+    assert service.ctl("reload")["ok"] is True, tail(service.log)
+    return service
 
 
 def test_postfix_is_answered_while_slow_clients_hold_every_slot(service: Service) -> None:
