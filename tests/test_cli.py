@@ -236,3 +236,15 @@ def test_options_are_not_abbreviated(capsys: pytest.CaptureFixture[str]) -> None
     assert exited.value.code == 64
     # --conf is not taken for --config: the required option is reported missing
     assert "required: --config" in capsys.readouterr().err
+
+
+def test_help_examples_paste_as_they_read(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("check", "watch"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        shown = capsys.readouterr().out
+        assert "%%" not in shown
+        assert shown.count("regex:PATTERN") <= 1
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    assert "'user%other.example@example.org'" in capsys.readouterr().out

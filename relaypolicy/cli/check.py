@@ -35,7 +35,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "'next'), 64 usage error.",
         epilog="example: relaypolicy check --local-domain example.org "
         "--trusted-network 192.0.2.0/24 --client-address 203.0.113.7 "
-        "--recipient 'user%%other.example@example.org'",
+        "--recipient 'user%other.example@example.org'",
     )
     check.add_argument(
         "--local-domain",

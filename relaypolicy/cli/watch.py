@@ -67,7 +67,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     watch.add_argument(
         "--format",
         metavar="FORMAT",
-        help=f"the log's server: {', '.join(PARSER_FORMATS)} or regex:PATTERN (watch.format)",
+        help=f"the log's server: {', '.join(PARSER_FORMATS)} (watch.format)",
     )
     watch.add_argument(
         "--position",
