@@ -23,7 +23,7 @@ import logging
 import sys
 from typing import Any
 
-from relaypolicy.cli._common import EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
+from relaypolicy.cli._common import EX_NOINPUT, EX_OSERR, EX_UNAVAILABLE, EX_USAGE
 from relaypolicy.config import ConfigError, load_config
 from relaypolicy.daemon.control import ControlSocketTable
 from relaypolicy.daemon.logging import configure_logging
@@ -217,7 +217,11 @@ def run(args: argparse.Namespace) -> int:
         table = local = ExpiringIpTable(args.ttl or 1800.0)
         host = TableHost(local)
     watch = LoginWatch(settings, table)
-    asyncio.run(watch_alone(watch, host))
+    try:
+        asyncio.run(watch_alone(watch, host, metrics=config.metrics if config else None))
+    except OSError as exc:  # e.g. metrics.listen cannot be bound (the message says so)
+        print(f"relaypolicy watch: error: {exc}", file=sys.stderr)
+        return EX_OSERR
     counters = ", ".join(f"{key} {value}" for key, value in watch.counters().items())
     log.info("watch: stopped (%s)", counters)
     return host.exit_status

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from relaypolicy.config.metrics import MetricsSettings, parse_metrics
 from relaypolicy.config.steps import STEPS, Step, check_needs, parse_chains
 from relaypolicy.domains import DomainSet
 from relaypolicy.errors import ConfigError, DomainError
@@ -86,6 +87,7 @@ class Config:
     serve: ServerSettings
     log: LogSettings
     watch: WatchSettings | None = None
+    metrics: MetricsSettings | None = None
 
     def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
@@ -227,7 +229,8 @@ def where_in_file(path: str | Path, message: str) -> str:
 
 # The sections a file may hold. Each subsystem parses its own: [serve] the Postfix service
 # (relaypolicy.postfix.settings), [watch] the watcher (relaypolicy.watch.settings), [smtpd]
-# the SMTP server (relaypolicy.smtpd.settings); the rest describe the chain and its table.
+# the SMTP server (relaypolicy.smtpd.settings), [metrics] the Prometheus endpoint of every
+# long-running command (relaypolicy.config.metrics); the rest describe the chain and its table.
 SECTIONS = (
     "domains",
     "networks",
@@ -239,6 +242,7 @@ SECTIONS = (
     "log",
     "smtpd",
     "watch",
+    "metrics",
 )
 
 
@@ -292,6 +296,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         serve=parse_serve(data.get("serve")),
         log=_log_settings(document.section("log", ("level", "format"))),
         watch=_watch_settings(data, pop),
+        metrics=parse_metrics(data["metrics"]) if "metrics" in data else None,
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).

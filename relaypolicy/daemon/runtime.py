@@ -11,9 +11,11 @@ listens, answers with the policy it is given, and reports its counters; adding o
 another MTA is a module with a front end class and a small :class:`Runtime` subclass.
 
 Start, in order: the table (a replica connects), the front end (it binds its sockets:
-``OSError`` when it cannot), the control socket, the watcher. Stop, in reverse: the control
-socket, the front end (requests in hand are answered), the watcher (its position saved,
-its maps emptied), the table (a last snapshot; a replica sends what is queued).
+``OSError`` when it cannot), the control socket, the watcher, the ``/metrics`` listener of
+``[metrics]`` (:mod:`relaypolicy.daemon.metrics`, serving :meth:`Runtime.stats`). Stop, in
+reverse: the metrics listener, the control socket, the front end (requests in hand are
+answered), the watcher (its position saved, its maps emptied), the table (a last snapshot;
+a replica sends what is queued).
 :meth:`Runtime.run` returns the exit status: 0, or 74 (``EX_IOERR``) when the table's
 state could not be saved.
 
@@ -42,6 +44,7 @@ from typing import Any, Protocol
 from relaypolicy.config import Config, load_config
 from relaypolicy.daemon.control import TABLE_COMMANDS, read_command, start_control, table_command
 from relaypolicy.daemon.logging import configure_logging
+from relaypolicy.daemon.metrics import MetricsServer, start_metrics
 from relaypolicy.daemon.table import TableHost
 from relaypolicy.daemon.watch import WatchTask
 from relaypolicy.errors import ConfigError
@@ -130,6 +133,7 @@ class Runtime:
         self.started = time.time()
         self.bound: list[str] = []
         self._control: asyncio.Server | None = None
+        self.metrics: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._closed = False
 
@@ -145,6 +149,10 @@ class Runtime:
                 self.control_socket, self.control, durable=self.host.sync
             )
         self.watch.start(self.config.watch, self.table)
+        if self.config.metrics is not None:
+            self.metrics = start_metrics(
+                self.config.metrics, self.stats, asyncio.get_running_loop()
+            )
         return self.bound
 
     def stop(self) -> None:
@@ -171,6 +179,8 @@ class Runtime:
             await self.close()
             raise
         self.started_log(bound)
+        if self.metrics is not None:
+            self.log.info("metrics on %s", self.metrics.where)
         await self._stop.wait()
         self.log.info("stopping: finishing requests in hand")
         await self.close()
@@ -186,6 +196,9 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)  # waits for the listener's thread
+            self.metrics = None
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -216,6 +229,8 @@ class Runtime:
             return f"reload failed, keeping the running configuration: {exc}"
         old = self.config
         waiting = restart_only_changes(old, config)
+        if config.metrics != old.metrics:  # the listener is bound once
+            waiting.append("metrics.listen")
         if self.manages_logging and config.log != old.log:
             configure_logging(config.log.level, config.log.format)
         self.config = config

@@ -15,12 +15,14 @@ import signal
 from collections.abc import Callable
 from typing import TypeVar
 
+from relaypolicy.config.metrics import MetricsSettings
+from relaypolicy.daemon.metrics import start_metrics
 from relaypolicy.daemon.table import TableHost
 from relaypolicy.iptable.base import IpEntry, ManagedTable
 from relaypolicy.watch.runner import LoginWatch
 from relaypolicy.watch.settings import WatchSettings
 
-__all__ = ["LoopTable", "WatchTask", "watch_alone"]
+__all__ = ["LoopTable", "WatchTask", "watch_alone", "watch_counters"]
 
 log = logging.getLogger("relaypolicy.watch")
 
@@ -120,14 +122,21 @@ class WatchTask:
 
     def counters(self) -> dict[str, int]:
         """The watcher's counters, named ``watch-…``; empty when none runs."""
-        if self.watch is None:
-            return {}
-        return {f"watch-{key}": value for key, value in self.watch.counters().items()}
+        return {} if self.watch is None else watch_counters(self.watch)
 
 
-async def watch_alone(watch: LoginWatch, host: TableHost) -> None:
+def watch_counters(watch: LoginWatch) -> dict[str, int]:
+    """``watch``'s counters as the stats name them (``watch-lines``, ``watch-logins``...)."""
+    return {f"watch-{key}": value for key, value in watch.counters().items()}
+
+
+async def watch_alone(
+    watch: LoginWatch, host: TableHost, *, metrics: MetricsSettings | None = None
+) -> None:
     """``relaypolicy watch``: run ``watch`` until SIGTERM or SIGINT, with ``host``'s table
-    started before and closed after (its exit status is ``host.exit_status``).
+    started before and closed after (its exit status is ``host.exit_status``), and with
+    ``metrics`` the table's and the watcher's counters served as ``/metrics``. Raises
+    :class:`OSError` when the metrics address cannot be bound.
 
     SIGHUP is logged and ignored: its default would end the process without emptying the
     exported maps, whose entries then never expire (an open relay for whoever gets those
@@ -142,7 +151,13 @@ async def watch_alone(watch: LoginWatch, host: TableHost) -> None:
         lambda: log.warning("watch: SIGHUP ignored (no reload; restart to apply changes)"),
     )
     await host.start()
+    server = None
     try:
+        if metrics is not None:
+            server = start_metrics(metrics, lambda: {**host.stats(), **watch_counters(watch)}, loop)
+            log.info("watch: metrics on %s", server.where)
         await watch.run(stop)
     finally:
+        if server is not None:
+            await asyncio.to_thread(server.close)
         await host.close()

@@ -1,0 +1,239 @@
+"""Prometheus metrics (``[metrics]``): the section's errors, and ``/metrics`` served by a
+running ``relaypolicy serve`` and ``relaypolicy watch``, scraped over HTTP after real
+policy requests and real log lines."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from realservers import free_port
+from serve_process import Service
+
+from relaypolicy.config import ConfigError, parse_config
+from relaypolicy.config.metrics import MetricsSettings
+
+prometheus_parser = pytest.importorskip("prometheus_client.parser")
+
+POLICY = """
+[domains]
+local = ["example.org"]
+
+[pop_before_smtp]
+ttl = 1800
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+"""
+
+LOGIN = (
+    "{stamp} pop3-login: Info: Login: user=<{user}>, method=PLAIN, rip={ip}, "
+    "lip=127.0.0.1, mpid=3710, session=<PW95RVZh39h/AAAK>\n"
+)
+FAILED = (
+    "{stamp} pop3-login: Info: Disconnected (auth failed, 1 attempts in 2 secs): "
+    "user=<{user}>, method=PLAIN, rip={ip}, lip=127.0.0.1, session=<RUJ6RVZhs9l/AAAK>\n"
+)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metrics_section(port: int) -> str:
+    return f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+
+
+def scrape(port: int) -> Samples:
+    """Every sample of ``/metrics``, read with prometheus_client's own parser (so the
+    text must be valid exposition format), keyed by name and sorted labels."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in prometheus_parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_for_metrics(port: int, what: str) -> None:
+    def answers() -> bool:
+        try:
+            scrape(port)
+        except OSError:
+            return False
+        return True
+
+    wait_until(answers, what)
+
+
+def ask(service: Service, recipient: str, *, state: str = "RCPT") -> str:
+    """The action ``relaypolicy serve`` gives for ``recipient`` from 127.0.0.20."""
+    request = (
+        f"request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n"
+        f"client_address=127.0.0.20\nsender=someone@example.org\nrecipient={recipient}\n\n"
+    )
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed after {answer!r}"
+            answer += chunk
+    return answer.decode().removeprefix("action=").strip()
+
+
+# --- the [metrics] section ---------------------------------------------------------------
+
+
+def test_metrics_section_is_read() -> None:
+    config = parse_config(tomllib.loads(POLICY + '[metrics]\nlisten = "[::1]:9100"\n'))
+    assert config.metrics == MetricsSettings("::1", 9100)
+    assert parse_config(tomllib.loads(POLICY + "[metrics]\n")).metrics == MetricsSettings(
+        "127.0.0.1", 9464
+    )
+    assert parse_config(tomllib.loads(POLICY)).metrics is None
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("listen = 9464", "metrics.listen: expected HOST:PORT, got 9464"),
+        ('listen = "9464"', "metrics.listen: expected HOST:PORT or [IPv6]:PORT"),
+        ('listen = "127.0.0.1:0"', "metrics.listen: port out of range"),
+        ('listen = "127.0.0.1:70000"', "metrics.listen: port out of range"),
+        ('listen = ""', "metrics.listen: expected HOST:PORT, got an empty string"),
+        ('port = "9464"', "metrics.port: unknown key (expected one of listen)"),
+    ],
+)
+def test_bad_metrics_settings_name_the_key(section: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tomllib.loads(POLICY + "[metrics]\n" + section + "\n"))
+    assert message in str(caught.value)
+
+
+# --- relaypolicy serve ---------------------------------------------------------------------
+
+
+def test_serve_metrics_count_the_decisions(serve: Callable[[str], Service]) -> None:
+    port = free_port()
+    service = serve(POLICY + metrics_section(port))
+    wait_for_metrics(port, "the metrics listener")
+    before = scrape(port)
+    assert value(before, "relaypolicy_table_entries") == 0
+    assert value(before, "relaypolicy_table_ttl_seconds") == 1800
+    assert ("relaypolicy_decisions_total", (("verdict", "accept"),)) not in before
+
+    assert ask(service, "taro@example.org") == "OK"
+    assert ask(service, "hanako@example.org") == "OK"
+    assert ask(service, "friend@elsewhere.test").startswith("554 5.7.1")
+    assert ask(service, "taro@example.org", state="DATA") == "DUNNO"
+    assert service.ctl("add", "127.0.0.21")["ok"] is True
+
+    after = scrape(port)
+    assert value(after, "relaypolicy_decisions_total", verdict="accept") == 2
+    assert value(after, "relaypolicy_decisions_total", verdict="reject") == 1
+    assert value(after, "relaypolicy_decision_reasons_total", reason="local") == 2
+    assert (
+        sum(
+            sample
+            for (name, _), sample in after.items()
+            if name == "relaypolicy_decision_reasons_total"
+        )
+        == 3
+    )
+    assert value(after, "relaypolicy_policy_requests_total") == 4
+    assert value(after, "relaypolicy_policy_other_states_total") == 1
+    connections = value(after, "relaypolicy_connections_total")  # the start-up probe too
+    assert connections - value(before, "relaypolicy_connections_total") == 4
+    assert value(after, "relaypolicy_table_entries") == 1
+    assert value(after, "relaypolicy_reloads_total") == 0
+    assert value(after, "process_start_time_seconds") > 0
+    service.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: value(scrape(port), "relaypolicy_reloads_total") == 1, "the reload counted")
+    assert service.stop() == 0
+    service.wait_for_log(r"metrics on http://127\.0\.0\.1:\d+/metrics")
+    with pytest.raises(OSError):  # the listener is closed with the service
+        scrape(port)
+
+
+def test_serve_cannot_bind_the_metrics_address(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "relaypolicy.toml"
+        config.write_text(
+            POLICY + metrics_section(port) + f'\n[serve]\nlisten = ["127.0.0.1:{free_port()}"]\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "relaypolicy", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 71, done.stderr
+    assert f"metrics.listen 127.0.0.1:{port}" in done.stderr
+
+
+# --- relaypolicy watch ---------------------------------------------------------------------
+
+
+def test_watch_metrics_count_the_logins(tmp_path: Path) -> None:
+    log = tmp_path / "dovecot.log"
+    log.write_text("")
+    port = free_port()
+    config = tmp_path / "relaypolicy.toml"
+    config.write_text(
+        POLICY + f'\n[watch]\nlog = "{log}"\nformat = "dovecot"\n' + metrics_section(port)
+    )
+    output = tmp_path / "watch.out"
+    with output.open("wb") as stream:
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "relaypolicy", "watch", "--config", str(config)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_metrics(port, "the watcher's metrics listener")
+        assert value(scrape(port), "relaypolicy_watch_logins_total") == 0
+        stamp = time.strftime("%b %d %H:%M:%S")
+        with log.open("a") as stream_log:
+            stream_log.write(LOGIN.format(stamp=stamp, ip="127.0.0.11", user="taro"))
+            stream_log.write(FAILED.format(stamp=stamp, ip="127.0.0.12", user="jiro"))
+            stream_log.write(LOGIN.format(stamp=stamp, ip="127.0.0.13", user="hanako"))
+        wait_until(
+            lambda: value(scrape(port), "relaypolicy_watch_lines_total") == 3,
+            "the three lines counted",
+        )
+        samples = scrape(port)
+        assert value(samples, "relaypolicy_watch_logins_total") == 2
+        assert value(samples, "relaypolicy_table_entries") == 2
+        assert value(samples, "relaypolicy_watch_malformed_lines_total") == 0
+        assert not any(name.startswith("relaypolicy_decisions") for name, _ in samples)
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(timeout=20) == 0, output.read_text()
+    assert "metrics on http://127.0.0.1:" in output.read_text()
