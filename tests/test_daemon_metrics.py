@@ -20,6 +20,7 @@ from serve_process import Service
 
 from relaypolicy.config import ConfigError, parse_config
 from relaypolicy.config.metrics import MetricsSettings
+from relaypolicy.daemon.metrics import LABELLED, SIMPLE
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
@@ -155,6 +156,7 @@ def test_serve_metrics_count_the_decisions(serve: Callable[[str], Service]) -> N
     assert value(after, "relaypolicy_decisions_total", verdict="accept") == 2
     assert value(after, "relaypolicy_decisions_total", verdict="reject") == 1
     assert value(after, "relaypolicy_decision_reasons_total", reason="local") == 2
+    assert value(after, "relaypolicy_decision_reasons_total", reason="not-local") == 1
     assert (
         sum(
             sample
@@ -237,3 +239,31 @@ def test_watch_metrics_count_the_logins(tmp_path: Path) -> None:
         watcher.send_signal(signal.SIGTERM)
         assert watcher.wait(timeout=20) == 0, output.read_text()
     assert "metrics on http://127.0.0.1:" in output.read_text()
+
+
+# --- docs/operations.md ------------------------------------------------------------------
+
+
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+
+
+def metrics_chapter() -> str:
+    text = OPERATIONS.read_text(encoding="utf-8")
+    start = text.index("## Metrics\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_documented_example_configuration_works() -> None:
+    example = metrics_chapter().split("```toml\n", 1)[1].split("```", 1)[0]
+    assert parse_config(tomllib.loads(example)).metrics == MetricsSettings("127.0.0.1", 9464)
+
+
+def test_every_metric_is_documented() -> None:
+    chapter = metrics_chapter()
+    names = [
+        f"relaypolicy_{simple.metric}" + ("_total" if simple.kind == "counter" else "")
+        for simple in SIMPLE.values()
+    ] + [f"relaypolicy_{metric}_total" for metric, _, _ in LABELLED.values()]
+    missing = [name for name in names if f"| `{name}` |" not in chapter]
+    assert not missing, f"not in docs/operations.md: {missing}"
