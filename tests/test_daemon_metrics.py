@@ -44,6 +44,7 @@ FAILED = (
     "user=<{user}>, method=PLAIN, rip={ip}, lip=127.0.0.1, session=<RUJ6RVZhs9l/AAAK>\n"
 )
 
+CTL = [sys.executable, "-m", "relaypolicy", "ctl"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -267,3 +268,41 @@ def test_every_metric_is_documented() -> None:
     ] + [f"relaypolicy_{metric}_total" for metric, _, _ in LABELLED.values()]
     missing = [name for name in names if f"| `{name}` |" not in chapter]
     assert not missing, f"not in docs/operations.md: {missing}"
+
+
+# --- relaypolicy smtpd ---------------------------------------------------------------------
+
+
+def test_smtpd_serves_the_table_metrics(tmp_path: Path) -> None:
+    pytest.importorskip("aiosmtpd")
+    smtp_port, port = free_port(), free_port()
+    config = tmp_path / "smtpd.toml"
+    config.write_text(
+        POLICY
+        + f'\n[smtpd]\nlisten = ["127.0.0.1:{smtp_port}"]\nhostname = "localhost"\n'
+        + f'maildir = "{tmp_path / "maildirs"}"\noutgoing = "{tmp_path / "outgoing"}"\n'
+        + f'mailboxes = ["taro@example.org"]\ncontrol_socket = "{tmp_path / "control"}"\n'
+        + metrics_section(port)
+    )
+    output = tmp_path / "smtpd.out"
+    with output.open("wb") as stream:
+        smtpd = subprocess.Popen(
+            [sys.executable, "-m", "relaypolicy", "smtpd", "--config", str(config)],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_metrics(port, "smtpd's metrics listener")
+        assert value(scrape(port), "relaypolicy_table_entries") == 0
+        added = subprocess.run(
+            [*CTL, "--socket", str(tmp_path / "control"), "add", "127.0.0.31"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert added.returncode == 0, added.stderr
+        assert value(scrape(port), "relaypolicy_table_entries") == 1
+    finally:
+        smtpd.send_signal(signal.SIGTERM)
+        assert smtpd.wait(timeout=20) == 0, output.read_text()
