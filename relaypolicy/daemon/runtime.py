@@ -217,7 +217,7 @@ class Runtime:
         old = self.config
         waiting = restart_only_changes(old, config)
         if self.manages_logging and config.log != old.log:
-            configure_logging(config.log.level, config.log.format)
+            configure_logging(config.log)
         self.config = config
         if self.front is not None:
             waiting = self.front.update(config, policy) + waiting
