@@ -87,6 +87,10 @@ def _syslog_handler(settings: LogSettings) -> logging.Handler:
     Raises:
         OSError: the socket cannot be reached (no syslog daemon, wrong ``address``).
     """
+    # SysLogHandler swallows a failed connect (and retries on every line): try it first,
+    # so that a wrong address or a missing syslog daemon is said once, with its reason.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        probe.connect(settings.address)
     handler = logging.handlers.SysLogHandler(
         address=settings.address,
         facility=logging.handlers.SysLogHandler.facility_names[settings.facility],
