@@ -88,6 +88,14 @@ def test_serve_reloads_with_sighup_the_others_do_not() -> None:
     }
 
 
+def test_units_that_own_the_table_run_one_at_a_time() -> None:
+    """Each unit keeps the table in the same ``persist`` file and ``serve`` and ``smtpd``
+    bind the same control socket: each conflicts with the other two."""
+    names = {unit.name for unit in UNITS}
+    for unit in UNITS:
+        assert set(directives(unit)["Conflicts"][0].split()) == names - {unit.name}
+
+
 def test_watch_unit_empties_the_map_it_exports() -> None:
     """A killed watcher cannot empty its map; ``ExecStopPost`` empties and rebuilds the
     very map ``ExecStart`` exports, however the service ended."""
