@@ -108,25 +108,24 @@ def configure_logging(settings: LogSettings) -> None:
     stderr with a warning: a daemon that cannot log where asked still logs somewhere.
     """
     fallback = ""
-    handler: logging.Handler
+    handler: logging.Handler = logging.StreamHandler()
     journal = under_journald()
+    to_stderr = True
     if settings.target == "syslog":
         try:
             handler = _syslog_handler(settings)
+            to_stderr = False
         except OSError as exc:
             fallback = f"cannot reach syslog at {settings.address} ({exc}): logging to stderr"
-            handler = logging.StreamHandler()
-    else:
-        handler = logging.StreamHandler()
-        if settings.target == "journald" and not journal:
-            fallback = "[log] target = journald, but stderr is not the journal: logging to stderr"
-    stamped = not (journal or isinstance(handler, logging.handlers.SysLogHandler))
+    elif settings.target == "journald" and not journal:
+        fallback = "[log] target = journald, but stderr is not the journal: logging to stderr"
+    stamped = to_stderr and not journal  # syslog and the journal stamp lines themselves
     formatter: logging.Formatter
     if settings.format == "json":
         formatter = _JsonFormatter(stamped=stamped)
     else:
         formatter = logging.Formatter(f"%(asctime)s {_TEXT}" if stamped else _TEXT)
-    if journal and isinstance(handler, logging.StreamHandler):
+    if to_stderr and journal:
         formatter = _JournalFormatter(formatter)
     handler.setFormatter(formatter)
     root = logging.getLogger("relaypolicy")
