@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             service = Service(args.config, listen=args.listen)
         except (OSError, ValueError) as exc:
             return error("serve", str(exc), EX_USAGE)
-        configure_logging(service.config.log.level, service.config.log.format)
+        configure_logging(service.config.log)
         service.manages_logging = True  # a reload applies [log] changes
         try:
             return await service.run()

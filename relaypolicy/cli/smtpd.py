@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         config, settings = load_smtpd_config(args.config)
     except ConfigError as exc:
         return error("smtpd", str(exc), EX_USAGE)
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log)
     if args.config is None:
         logging.getLogger("relaypolicy.smtpd").info(
             "no --config: running the embedded default (local domain localhost, trusted "

@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from relaypolicy.cli._common import EX_NOINPUT, EX_OSERR, EX_UNAVAILABLE, EX_USAGE
-from relaypolicy.config import ConfigError, load_config
+from relaypolicy.config import ConfigError, LogSettings, load_config
 from relaypolicy.daemon.control import ControlSocketTable
 from relaypolicy.daemon.logging import configure_logging
 from relaypolicy.daemon.table import TableHost
@@ -54,8 +54,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  relaypolicy watch --log /var/log/dovecot.log --format dovecot --scan\n"
-            "  relaypolicy watch --config /etc/relaypolicy.toml "
-            "--control-socket /run/relaypolicy/control\n"
+            "  relaypolicy watch --config /etc/relaypolicy/relaypolicy.toml "
+            "--control-socket /run/relaypolicy/control.sock\n"
             "  relaypolicy watch --log /var/log/mail.log --format courier "
             "--export postfix:/etc/postfix/pop-before-smtp\n"
             "(see docs/watcher.md)"
@@ -190,9 +190,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return EX_USAGE
     if config is not None:
-        configure_logging(config.log.level, config.log.format)
+        configure_logging(config.log)
     else:
-        configure_logging("INFO", "text")
+        configure_logging(LogSettings())
 
     table: LoginTable
     host = TableHost(None)  # a service's table is its own business

@@ -62,12 +62,28 @@ class AuthSettings:
     sender_logins: Mapping[str, tuple[str, ...]] | None = None
 
 
+#: ``[log] facility`` names: the syslog facilities of RFC 5424 section 6.2.1 (with their
+#: traditional names; ``security``, ``console`` and the like are not portable).
+SYSLOG_FACILITIES = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+    "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+    "local7",
+)  # fmt: skip
+
+
 @attrs.frozen
 class LogSettings:
-    """``[log]``: level and format (``text`` or ``json`` lines)."""
+    """``[log]``: level, format (``text`` or ``json`` lines) and where the lines go.
+
+    ``target`` is ``stderr``, ``syslog`` (a datagram to the local syslog socket ``address``,
+    ``/dev/log``, under ``facility``) or ``journald`` (stderr read by systemd's journal).
+    """
 
     level: str = "INFO"
     format: str = "text"
+    target: str = "stderr"
+    facility: str = "mail"
+    address: str = "/dev/log"
 
 
 @attrs.frozen
@@ -294,7 +310,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         ports=ports,
         default=default,
         serve=parse_serve(data.get("serve")),
-        log=_log_settings(document.section("log", ("level", "format"))),
+        log=_log_settings(
+            document.section("log", ("level", "format", "target", "facility", "address"))
+        ),
         watch=_watch_settings(data, pop),
         metrics=parse_metrics(data["metrics"]) if "metrics" in data else None,
     )
@@ -381,4 +399,19 @@ def _log_settings(section: Section) -> LogSettings:
             "level", f"expected debug, info, warning or error, got {level.lower()!r}"
         )
     fmt = section.string("format", "text", expected='"text" or "json"', choices=("text", "json"))
-    return LogSettings(level=level, format=fmt)
+    target = section.string(
+        "target",
+        "stderr",
+        expected='"stderr", "syslog" or "journald"',
+        choices=("stderr", "syslog", "journald"),
+    )
+    facility = section.string(
+        "facility",
+        "mail",
+        expected="a syslog facility (mail, daemon, local0 to local7, ...)",
+        choices=SYSLOG_FACILITIES,
+    )
+    address = section.string("address", "/dev/log", expected="an absolute socket path")
+    if not address.startswith("/"):
+        raise section.error("address", f"expected an absolute socket path, got {address!r}")
+    return LogSettings(level=level, format=fmt, target=target, facility=facility, address=address)

@@ -232,7 +232,7 @@ class Runtime:
         if config.metrics != old.metrics:  # the listener is bound once
             waiting.append("metrics.listen")
         if self.manages_logging and config.log != old.log:
-            configure_logging(config.log.level, config.log.format)
+            configure_logging(config.log)
         self.config = config
         if self.front is not None:
             waiting = self.front.update(config, policy) + waiting
