@@ -180,7 +180,7 @@ def test_check_config_and_domain_options_are_exclusive(
     assert status_of(argv) == 64
     assert "either --config or" in capsys.readouterr().err
     missing = ["check", "--config", str(tmp_path / "none.toml"), "--client-address", "10.0.0.1"]
-    assert status_of([*missing, "--recipient", "u@x.test"]) == 64
+    assert status_of([*missing, "--recipient", "u@x.test"]) == 66
     assert "none.toml" in capsys.readouterr().err
 
 
@@ -194,7 +194,7 @@ def test_config_check_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFi
     config.write_text(CHAIN_ONLY_TRUSTED.format(otherwise="maybe"))
     assert main(["config", "check", str(config)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("invalid: ") and "chain.otherwise" in err
+    assert err.startswith("relaypolicy config check: invalid: ") and "chain.otherwise" in err
 
 
 def test_the_installed_relaypolicy_script_runs() -> None:

@@ -661,7 +661,7 @@ def test_command_line_errors(tmp_path: Path) -> None:
     missing = subprocess.run(
         [*run, "--config", str(tmp_path / "none.toml")], capture_output=True, text=True, check=False
     )
-    assert missing.returncode == 64 and "no such file" in missing.stderr
+    assert missing.returncode == 66 and "no such file" in missing.stderr
     with socket.socket() as busy:
         busy.bind((HOST, 0))
         busy.listen()

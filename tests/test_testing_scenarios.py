@@ -232,7 +232,7 @@ def test_scenario_file_errors_name_the_case_and_key(
     assert str(failure.value).startswith(f"{scenarios}: ")
     assert message in str(failure.value)
     config = write(tmp_path, "relay.toml", MX_CONFIG)
-    assert main(["test", str(scenarios), "--config", str(config)]) == 64
+    assert main(["test", str(scenarios), "--config", str(config)]) == 78
     assert message in capsys.readouterr().err
 
 
@@ -243,15 +243,15 @@ def test_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "pop.toml",
         '[[case]]\nname = "p"\nrecipient = "u@aho.jp"\npop_login_ago = 5\nexpect = "accept"\n',
     )
-    assert main(["test", str(scenarios), "--config", str(no_pop)]) == 64
+    assert main(["test", str(scenarios), "--config", str(no_pop)]) == 78
     err = capsys.readouterr().err
     assert "case 1 ('p'): pop_login_ago: the configuration" in err
     assert "has no [pop_before_smtp] table" in err
     assert main(["test", str(scenarios)]) == 64
     assert "give --config (the file has no `config` key)" in capsys.readouterr().err
-    assert main(["test", str(scenarios), "--config", str(tmp_path / "missing.toml")]) == 64
+    assert main(["test", str(scenarios), "--config", str(tmp_path / "missing.toml")]) == 66
     assert "missing.toml: no such file" in capsys.readouterr().err
-    assert main(["test", str(tmp_path / "none.toml"), "--config", str(no_pop)]) == 64
+    assert main(["test", str(tmp_path / "none.toml"), "--config", str(no_pop)]) == 66
     assert "none.toml: no such file" in capsys.readouterr().err
 
 

@@ -1,8 +1,9 @@
 """``relaypolicy audit``: the relay-abuse battery against a configuration or a live server.
 
 ``--config FILE`` runs it in process; ``--smtp HOST[:PORT]`` over SMTP (never DATA).
-Exit status: 0 no probe was accepted, 1 one was, 64 a usage error, 69 (EX_UNAVAILABLE) a
-server that cannot be audited.
+Exit status: 0 no probe was accepted, 1 one was, 64 a usage error, 66 a ``--config`` that
+cannot be read, 69 (EX_UNAVAILABLE) a server that cannot be audited, 78 a ``--config``
+that cannot be used.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import socket
 import ssl
 from typing import Any
 
-from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error
-from relaypolicy.config import load_config
+from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error, file_status
+from relaypolicy.config import ConfigError, load_config
 from relaypolicy.testing.audit import (
     AuditError,
     audit_policy,
@@ -40,7 +41,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "configuration, in process, or over SMTP against a live server: EHLO, optional "
         "STARTTLS, then per probe RSET, MAIL FROM, RCPT TO; never DATA. Prints every probe "
         "with its reply and a summary. Exit status 0 when no probe was accepted, 1 when one "
-        "was, 64 for a usage error, 69 when the server cannot be audited. Audit only servers "
+        "was, 64 for a usage error, 66 for a --config that cannot be read, 69 when the "
+        "server cannot be audited, 78 for a --config that cannot be used. Audit only servers "
         "you run.",
         epilog="examples: relaypolicy audit --config examples/mx.toml; relaypolicy audit "
         "--smtp mx.example.org --local-domain example.org --source-address 198.51.100.7",
@@ -219,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         target, results = _audit_smtp(args) if args.smtp else _audit_config(args)
     except AuditError as exc:
         return error("audit", str(exc), EX_UNAVAILABLE)
+    except ConfigError as exc:
+        return error("audit", str(exc), file_status(args.config))
     except (OSError, ValueError) as exc:
         return error("audit", str(exc), EX_USAGE)
     accepted = sum(result.accepted for result in results)
