@@ -55,7 +55,7 @@ def missing_file_commands(missing: str, valid: str) -> dict[str, list[str]]:
             "192.0.2.1",
             "--recipient",
             "u@example.org",
-        ],  # fmt: skip
+        ],
         "audit": ["audit", "--config", missing],
         "test": ["test", missing, "--config", valid],
         "watch": ["watch", "--config", missing],
@@ -175,9 +175,8 @@ def test_smtpd_names_a_control_socket_it_cannot_create(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     config = tmp_path / "smtpd.toml"
     config.write_text(
-        VALID
-        + f'\n[smtpd]\nlisten = ["127.0.0.1:{port}"]\nmaildir = "{tmp_path / "mail"}"\nmailboxes = ["user@example.org"]\n'
-        f'control_socket = "{control}"\n',
+        VALID + f'\n[smtpd]\nlisten = ["127.0.0.1:{port}"]\nmaildir = "{tmp_path / "mail"}"\n'
+        f'mailboxes = ["user@example.org"]\ncontrol_socket = "{control}"\n',
         encoding="utf-8",
     )
     done = relaypolicy("smtpd", "--config", str(config), cwd=tmp_path)
