@@ -109,7 +109,7 @@ def test_open_configuration_fails_with_json_and_junit(
         "reply": "250 2.1.5 Ok",
         "result": "ACCEPTED",
         "accepted": True,
-        "policy": "OpenRelay",
+        "policy": "open_relay",  # the step name
         "reason": "open-relay",
     }
     root = ElementTree.parse(junit).getroot()  # noqa: S314 - our own file

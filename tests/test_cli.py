@@ -24,7 +24,7 @@ def test_accept_local(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(capsys, "--client-address", "203.0.113.7", "--recipient", "u@local.test")
     assert status == 0
     assert out.splitlines()[0] == "250 2.1.5 Ok"
-    assert "policy: LocalDomainOnly" in out
+    assert "policy: local_domains" in out  # the step name, as with --config
     assert "reason: local" in out
 
 
@@ -45,7 +45,7 @@ def test_trusted_client_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     payload = json.loads(out)
     assert payload["verdict"] == "accept"
     assert payload["reason"] == "trusted-network"
-    assert payload["policy"] == "TrustedNetworks"
+    assert payload["policy"] == "trusted_networks"
     assert payload["client_address"] == "192.0.2.9"
 
 

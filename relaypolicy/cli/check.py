@@ -115,14 +115,18 @@ def _check_policy(args: argparse.Namespace) -> Policy:
     if not args.local_domain and not args.relay_domain:
         raise UsageError("give at least one --local-domain (or --relay-domain)")
     try:
-        local = LocalDomainOnly(args.local_domain, relay_domains=args.relay_domain)
+        local = LocalDomainOnly(
+            args.local_domain, relay_domains=args.relay_domain, name="local_domains"
+        )
     except DomainError as exc:
         raise UsageError(str(exc)) from None
     try:
-        trusted = TrustedNetworks(args.trusted_network)
+        trusted = TrustedNetworks(args.trusted_network, name="trusted_networks")
     except ValueError as exc:
         raise UsageError(f"--trusted-network: {exc}") from None
-    return FirstMatch(trusted, local)
+    # The options describe the chain ["trusted_networks", "local_domains"] of a file, and
+    # its decisions carry the same names as that file's would.
+    return FirstMatch(trusted, local, name="chain")
 
 
 def _print_decision(decision: Decision, request: Request, as_json: bool) -> None:
