@@ -16,13 +16,15 @@ import ssl
 from typing import Any
 
 from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error, file_status
-from relaypolicy.config import ConfigError, load_config
+from relaypolicy.config import Config, ConfigError, load_config
+from relaypolicy.networks import NetworkSet
 from relaypolicy.testing.audit import (
     AuditError,
     audit_policy,
     audit_smtp,
     audit_table,
     junit_cases,
+    looks_trusted,
     summary,
 )
 from relaypolicy.testing.probes import DEFAULT_FOREIGN_DOMAIN, probe_battery
@@ -151,8 +153,36 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any]]:
-    """In process: (a description of the target, the results)."""
+def _config_hint(config: Config, client: str) -> str:
+    """What to say when the probes' client is one the configuration trusts outright."""
+    chains = [config.chain, *config.ports.values()]
+    if not any("trusted_networks" in steps for steps in chains):
+        return ""
+    if client not in NetworkSet(config.trusted_networks):
+        return ""
+    return (
+        f"client {client} is in the configuration's trusted networks (networks.trusted: "
+        f"{', '.join(config.trusted_networks)}), which may relay anywhere by design; audit "
+        "with a --client-address outside them (the default, 203.0.113.7, is a stranger)"
+    )
+
+
+def _smtp_hint(results: list[Any], source: str | None) -> str:
+    """What to say when the server relays everything for the address the audit came from."""
+    if not looks_trusted(results):
+        return ""
+    untrusted = "127.0.0.11" if source == "127.0.0.10" else "127.0.0.10"
+    who = f"the source address {source}" if source else "this host's address"
+    return (
+        f"the plainly foreign recipients were accepted too: the server may trust {who} by "
+        "its own configuration (Postfix mynetworks, relaypolicy networks.trusted) rather "
+        "than relay for everyone; audit again from an address it does not trust, e.g. "
+        f"--source-address {untrusted} (a loopback address, for a server on this host)"
+    )
+
+
+def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any], str]:
+    """In process: (a description of the target, the results, a hint for the summary)."""
 
     for flag in ("source_address", "helo", "cafile"):
         if getattr(args, flag):
@@ -184,10 +214,11 @@ def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any]]:
             got = [r._replace(probe=r.probe._replace(name=f"{label}:{r.probe.name}")) for r in got]
         results += got
     target = f"the policy of {config.source}, from client {args.client_address}"
-    return target, results
+    hint = _config_hint(config, args.client_address) if any(r.accepted for r in results) else ""
+    return target, results, hint
 
 
-def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
+def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any], str]:
 
     if args.server_port or args.client_address != "203.0.113.7":
         raise ValueError("--client-address and --server-port go with --config")
@@ -212,13 +243,14 @@ def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
     )
     source = f", from {args.source_address}" if args.source_address else ""
     tls = " with STARTTLS" if args.starttls else ""
-    return f"SMTP server {host}:{port}{tls}{source}", results
+    hint = _smtp_hint(results, args.source_address)
+    return f"SMTP server {host}:{port}{tls}{source}", results, hint
 
 
 def run(args: argparse.Namespace) -> int:
 
     try:
-        target, results = _audit_smtp(args) if args.smtp else _audit_config(args)
+        target, results, hint = _audit_smtp(args) if args.smtp else _audit_config(args)
     except AuditError as exc:
         return error("audit", str(exc), EX_UNAVAILABLE)
     except ConfigError as exc:
@@ -234,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
                     "open_relay": bool(accepted),
                     "accepted": accepted,
                     "total": len(results),
-                    "summary": summary(results),
+                    "summary": summary(results, hint),
                     "probes": [result.as_dict() for result in results],
                 },
                 ensure_ascii=False,
@@ -244,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"relay audit of {target}")
         print(audit_table(results))
-        print(summary(results))
+        print(summary(results, hint))
     if args.junit_xml:
         try:
             write_junit(
