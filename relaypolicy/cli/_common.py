@@ -59,12 +59,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def error(command: str, message: str, status: int) -> int:
-    """Print ``relaypolicy COMMAND: error: MESSAGE`` on stderr; ``status``.
-
-    A message that is itself the verdict (``invalid: ...``) is printed without the
-    ``error:`` word."""
-    label = "" if message.startswith("invalid: ") else "error: "
-    print(f"relaypolicy {command}: {label}{message}", file=sys.stderr)
+    """Print ``relaypolicy COMMAND: error: MESSAGE`` on stderr; ``status``."""
+    print(f"relaypolicy {command}: error: {message}", file=sys.stderr)
     return status
 
 

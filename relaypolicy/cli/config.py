@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from relaypolicy.cli._common import EX_NOINPUT, error, file_status
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         if file_status(args.file) == EX_NOINPUT:
             return error("config check", str(exc), EX_NOINPUT)
-        return error("config check", f"invalid: {exc}", 1)
+        # Not an error of the command: the answer to its question, as 1 is.
+        print(f"relaypolicy config check: invalid: {exc}", file=sys.stderr)
+        return 1
     print(config.describe())
     return 0
