@@ -184,3 +184,18 @@ def test_smtpd_names_a_control_socket_it_cannot_create(tmp_path: Path) -> None:
     assert f"relaypolicy smtpd: error: cannot create the control socket {control}: " in (
         done.stderr
     )
+
+
+def test_serve_does_not_replace_a_file_where_the_control_socket_goes(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    control.write_text("not a socket\n", encoding="utf-8")
+    config = tmp_path / "serve.toml"
+    config.write_text(VALID + f'\n[serve]\ncontrol_socket = "{control}"\n', encoding="utf-8")
+    listen = f"unix:{tmp_path / 'policy.sock'}"
+    done = relaypolicy("serve", "--config", str(config), "--listen", listen, cwd=tmp_path)
+    assert done.returncode == 71, done.stderr
+    assert done.stderr.startswith(
+        f"relaypolicy serve: error: cannot create the control socket {control}: it exists "
+        "and is not a socket"
+    )
+    assert control.read_text(encoding="utf-8") == "not a socket\n"
