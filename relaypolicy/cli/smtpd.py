@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             return await server.run()
         except OSError as exc:  # run() has closed what it started
-            where = [f"{host}:{port}" for host, port in server.front_end.listen]
+            where = [
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                for host, port in server.front_end.listen
+            ]
             return error("smtpd", cannot_listen(exc, where), EX_OSERR)
 
     return asyncio.run(serve())
