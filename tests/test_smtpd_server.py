@@ -675,4 +675,4 @@ def test_command_line_errors(tmp_path: Path) -> None:
             check=False,
         )
     assert taken.returncode == 71
-    assert taken.stderr.startswith(f"relaypolicy smtpd: error: cannot listen on {address}: ")
+    assert f"\nrelaypolicy smtpd: error: cannot listen on {address}: " in taken.stderr
