@@ -1,6 +1,6 @@
 """Helpers for tests that start a real server (Postfix, Dovecot, Redis).
 
-The rule (DESIGN.md, "Real parts"): a test whose server cannot run here *skips* with a
+The rule for real parts: a test whose server cannot run here *skips* with a
 reason that says what is missing, except when ``RELAYPOLICY_REQUIRE_REAL=1`` (CI sets it),
 where it *fails*: a green CI must mean the real parts ran. Route every "cannot run here"
 through :func:`unavailable` so the rule lives in one place.

@@ -15,6 +15,7 @@ from xml.etree import ElementTree
 import pytest
 from realservers import free_port, require_loopback_address, tail, wait_for_port
 
+from relaypolicy import OpenRelay
 from relaypolicy.cli import main
 from relaypolicy.testing import relay_probes
 from relaypolicy.testing.audit import audit_smtp
@@ -109,7 +110,7 @@ def test_open_configuration_fails_with_json_and_junit(
         "reply": "250 2.1.5 Ok",
         "result": "ACCEPTED",
         "accepted": True,
-        "policy": "OpenRelay",
+        "policy": "open_relay",  # the step name
         "reason": "open-relay",
     }
     root = ElementTree.parse(junit).getroot()  # noqa: S314 - our own file
@@ -134,7 +135,33 @@ def test_ports_and_trusted_clients(capsys: pytest.CaptureFixture[str]) -> None:
         capsys, "--config", smtpd, "--client-address", "127.0.0.1", "--server-port", "2525"
     )
     assert status == 1
-    assert "OPEN RELAY: " in out.splitlines()[-1]
+    last = out.splitlines()[-1]
+    assert last.startswith("OPEN RELAY: ")
+    # ... and says why outright: the client is one the configuration trusts.
+    assert "client 127.0.0.1 is in the configuration's trusted networks" in last
+    assert "--client-address outside them" in last
+
+
+def test_a_policy_that_falls_for_one_trick_does_not_look_like_a_trusted_client() -> None:
+    """The trusted-client hint needs the plain foreign probes accepted, not a few tricks."""
+    from relaypolicy import Decision, Request, Verdict
+    from relaypolicy.testing.audit import audit_policy, looks_trusted, summary
+
+    class PercentHole:
+        name = "PercentHole"
+
+        def check(self, request: Request) -> Decision:
+            if "%" in request.recipient:
+                return Decision(Verdict.ACCEPT, 250, "2.1.5", "Ok", self.name, "hole")
+            return Decision(Verdict.REJECT, 554, "5.7.1", "Relay access denied", self.name, "no")
+
+    probes = relay_probes("example.org")
+    holed = audit_policy(PercentHole(), probes)
+    assert 0 < sum(r.accepted for r in holed) < len(holed) // 2
+    assert not looks_trusted(holed)
+    opened = audit_policy(OpenRelay(), probes)
+    assert looks_trusted(opened)
+    assert summary(opened, "a hint").endswith(" probes accepted; a hint")
 
 
 @pytest.mark.parametrize(
@@ -144,7 +171,6 @@ def test_ports_and_trusted_clients(capsys: pytest.CaptureFixture[str]) -> None:
         (["--smtp", "127.0.0.1:x", "--local-domain", "a.test"], "expected HOST[:PORT]"),
         (["--config", "examples/mx.toml", "--source-address", "127.0.0.1"], "goes with --smtp"),
         (["--config", "examples/mx.toml", "--foreign-domain", "example.org"], "local domain"),
-        (["--config", "missing.toml"], "missing.toml: no such file"),
         (["--smtp", "h", "--local-domain", "a.test", "--server-port", "25"], "go with --config"),
     ],
 )
@@ -278,7 +304,11 @@ def test_safe_smtpd_refuses_every_probe_from_outside(
     # The same server, audited from the network it trusts, relays: --source-address matters.
     status, out, _ = run(capsys, *args, "--source-address", HOST)
     assert status == 1
-    assert out.splitlines()[-1].startswith("OPEN RELAY: ")
+    last = out.splitlines()[-1]
+    assert last.startswith("OPEN RELAY: ")
+    # ... and the summary says the server may simply trust that address.
+    assert f"the server may trust the source address {HOST}" in last
+    assert "--source-address 127.0.0.10" in last
     assert safe_smtpd.delivered() == []
 
 

@@ -79,6 +79,11 @@ def test_postfix_relays_for_its_own_network_and_the_audit_says_so(
     report = audit(postfix, TRUSTED, capsys)
     assert report["status"] == 1
     assert report["summary"].startswith("OPEN RELAY: ")
+    # The plain foreign recipients were accepted too: the summary says why that may be
+    # (mynetworks) and how to audit from an address Postfix does not trust.
+    assert f"the server may trust the source address {TRUSTED}" in report["summary"]
+    assert "Postfix mynetworks" in report["summary"]
+    assert "--source-address 127.0.0.10" in report["summary"]
     accepted = {probe["name"] for probe in report["probes"] if probe["accepted"]}
     # permit_mynetworks: all 16 nmap probes are found, and most of the rest.
     assert {f"nmap-{n:02d}" for n in range(1, NMAP_PROBES + 1)} <= accepted

@@ -24,7 +24,7 @@ def test_accept_local(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(capsys, "--client-address", "203.0.113.7", "--recipient", "u@local.test")
     assert status == 0
     assert out.splitlines()[0] == "250 2.1.5 Ok"
-    assert "policy: LocalDomainOnly" in out
+    assert "policy: local_domains" in out  # the step name, as with --config
     assert "reason: local" in out
 
 
@@ -45,7 +45,7 @@ def test_trusted_client_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     payload = json.loads(out)
     assert payload["verdict"] == "accept"
     assert payload["reason"] == "trusted-network"
-    assert payload["policy"] == "TrustedNetworks"
+    assert payload["policy"] == "trusted_networks"
     assert payload["client_address"] == "192.0.2.9"
 
 
@@ -180,7 +180,7 @@ def test_check_config_and_domain_options_are_exclusive(
     assert status_of(argv) == 64
     assert "either --config or" in capsys.readouterr().err
     missing = ["check", "--config", str(tmp_path / "none.toml"), "--client-address", "10.0.0.1"]
-    assert status_of([*missing, "--recipient", "u@x.test"]) == 64
+    assert status_of([*missing, "--recipient", "u@x.test"]) == 66
     assert "none.toml" in capsys.readouterr().err
 
 
@@ -194,7 +194,7 @@ def test_config_check_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFi
     config.write_text(CHAIN_ONLY_TRUSTED.format(otherwise="maybe"))
     assert main(["config", "check", str(config)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("invalid: ") and "chain.otherwise" in err
+    assert err.startswith("relaypolicy config check: invalid: ") and "chain.otherwise" in err
 
 
 def test_the_installed_relaypolicy_script_runs() -> None:

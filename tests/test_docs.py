@@ -41,3 +41,18 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "<!-- test-command -->" in readme
     assert "sed -n '/<!-- test-command -->/" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_project_cites_no_file_outside_it() -> None:
+    """Code, tests, docs and CI stand alone: no design notes or paths outside the tree."""
+    outside = ("DESIGN" + ".md", "../" + "shared/")
+    paths = [ROOT / "README.md", ROOT / ".ci" / "run"]
+    for folder in ("relaypolicy", "tests", "docs"):
+        paths += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".toml")]
+    citing = [
+        f"{path.relative_to(ROOT)}: {word}"
+        for path in paths
+        for word in outside
+        if word in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert not citing

@@ -483,7 +483,7 @@ def test_an_unusable_persist_is_refused_at_start(tmp_path: Path, command: str, k
         check=False,
     )
     errors = [line for line in done.stderr.splitlines() if "error" in line]
-    assert done.returncode == 64, done.stderr
+    assert done.returncode == 78, done.stderr  # EX_CONFIG: the configured persist
     assert len(errors) == 1 and persist in errors[0], done.stderr
     assert "Traceback" not in done.stderr
 

@@ -123,7 +123,7 @@ def test_stats_and_decision_log(stack: tuple[PostfixInstance, Service]) -> None:
     assert stats["requests"] >= 1
     assert stats["reason:not-local"] >= 1
     log = service.log.read_text()
-    assert "recipient=<counted@aho.jp> verdict=REJECT policy=LocalDomainOnly" in log
+    assert "recipient=<counted@aho.jp> verdict=REJECT policy=local_domains" in log
 
 
 def test_reload_with_broken_file_keeps_serving(stack: tuple[PostfixInstance, Service]) -> None:

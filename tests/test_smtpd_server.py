@@ -661,16 +661,18 @@ def test_command_line_errors(tmp_path: Path) -> None:
     missing = subprocess.run(
         [*run, "--config", str(tmp_path / "none.toml")], capture_output=True, text=True, check=False
     )
-    assert missing.returncode == 64 and "no such file" in missing.stderr
+    assert missing.returncode == 66 and "no such file" in missing.stderr
     with socket.socket() as busy:
         busy.bind((HOST, 0))
         busy.listen()
+        address = f"{HOST}:{busy.getsockname()[1]}"
         taken = subprocess.run(
-            [*run, "--listen", f"{HOST}:{busy.getsockname()[1]}"],
+            [*run, "--listen", address],
             capture_output=True,
             text=True,
             cwd=tmp_path,
             timeout=30,
             check=False,
         )
-    assert taken.returncode == 71 and "cannot listen" in taken.stderr
+    assert taken.returncode == 71
+    assert f"\nrelaypolicy smtpd: error: cannot listen on {address}: " in taken.stderr

@@ -85,7 +85,7 @@ def test_a_mismatch_exits_1_with_a_table_and_junit(
         "local mail",
         "accept",
         "250 2.1.5 Ok",
-        "LocalDomainOnly",
+        "local_domains",  # the step name of the configuration
         "local",
     ]
     assert rows["wrongly expected to relay"] == [
@@ -93,11 +93,11 @@ def test_a_mismatch_exits_1_with_a_table_and_junit(
         "wrongly expected to relay",
         "accept",
         "554 5.7.1 <friend@aho.jp>: Relay access denied",
-        "LocalDomainOnly",
+        "local_domains",
         "not-local",
     ]
     assert rows["trusted network"][0] == "ok"
-    assert rows["trusted network"][-2:] == ["TrustedNetworks", "trusted-network"]
+    assert rows["trusted network"][-2:] == ["trusted_networks", "trusted-network"]
     assert lines[-1] == "3 cases: 2 passed, 1 FAILED"
 
     suite = ElementTree.parse(junit).getroot()  # noqa: S314 - our own file
@@ -114,7 +114,7 @@ def test_a_mismatch_exits_1_with_a_table_and_junit(
     assert failure is not None
     assert failure.get("message") == (
         "expected accept, got REJECT 554 5.7.1 <friend@aho.jp>: Relay access denied  "
-        "[policy LocalDomainOnly, reason not-local]"
+        "[policy local_domains, reason not-local]"
     )
     assert "request: Request(client_address='203.0.113.7'" in (failure.text or "")
     assert cases[0].find("failure") is None
@@ -170,7 +170,7 @@ expect = "reject"
     )
     results = run_scenarios(load_scenarios(scenarios).cases, config)
     assert [result.passed for result in results] == [True] * 4
-    assert results[1].decision.policy == "PopBeforeSmtp"
+    assert results[1].decision.policy == "pop_before_smtp"
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_scenario_file_errors_name_the_case_and_key(
     assert str(failure.value).startswith(f"{scenarios}: ")
     assert message in str(failure.value)
     config = write(tmp_path, "relay.toml", MX_CONFIG)
-    assert main(["test", str(scenarios), "--config", str(config)]) == 64
+    assert main(["test", str(scenarios), "--config", str(config)]) == 78
     assert message in capsys.readouterr().err
 
 
@@ -243,15 +243,15 @@ def test_command_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         "pop.toml",
         '[[case]]\nname = "p"\nrecipient = "u@aho.jp"\npop_login_ago = 5\nexpect = "accept"\n',
     )
-    assert main(["test", str(scenarios), "--config", str(no_pop)]) == 64
+    assert main(["test", str(scenarios), "--config", str(no_pop)]) == 78
     err = capsys.readouterr().err
     assert "case 1 ('p'): pop_login_ago: the configuration" in err
     assert "has no [pop_before_smtp] table" in err
     assert main(["test", str(scenarios)]) == 64
     assert "give --config (the file has no `config` key)" in capsys.readouterr().err
-    assert main(["test", str(scenarios), "--config", str(tmp_path / "missing.toml")]) == 64
+    assert main(["test", str(scenarios), "--config", str(tmp_path / "missing.toml")]) == 66
     assert "missing.toml: no such file" in capsys.readouterr().err
-    assert main(["test", str(tmp_path / "none.toml"), "--config", str(no_pop)]) == 64
+    assert main(["test", str(tmp_path / "none.toml"), "--config", str(no_pop)]) == 66
     assert "none.toml: no such file" in capsys.readouterr().err
 
 

@@ -1,17 +1,45 @@
-"""What every subcommand shares: exit statuses (sysexits.h), the parser, error lines."""
+"""What every subcommand shares: exit statuses (sysexits.h), the parser, error lines.
+
+One rule for every command (docs/api.md, "Exit status"):
+
+- 64 ``EX_USAGE``: the command line cannot be understood (an unknown or missing option,
+  options that exclude each other, a bad ``--listen``);
+- 66 ``EX_NOINPUT``: a file the command was told to read does not exist or cannot be
+  read (the configuration, a log, a scenario file);
+- 69 ``EX_UNAVAILABLE``: a server or socket that cannot be reached;
+- 71 ``EX_OSERR``: the system refused (a socket that cannot be bound);
+- 78 ``EX_CONFIG``: a configuration or scenario file that was read but cannot be used
+  (TOML syntax, with its line; an unknown key; a bad value).
+
+Below 64 each command keeps its own meaning (``check``: the verdict; ``config check``,
+``test``, ``audit``, ``passwd``: 0 for yes, 1 for no).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterable
 from typing import NoReturn
 
-__all__ = ["EX_NOINPUT", "EX_OSERR", "EX_UNAVAILABLE", "EX_USAGE", "Parser", "error"]
+__all__ = [
+    "EX_CONFIG",
+    "EX_NOINPUT",
+    "EX_OSERR",
+    "EX_UNAVAILABLE",
+    "EX_USAGE",
+    "Parser",
+    "cannot_listen",
+    "error",
+    "file_status",
+]
 
-EX_USAGE = 64  # a command line, configuration or input file that cannot be used
-EX_NOINPUT = 66  # an input file that cannot be read
+EX_USAGE = 64  # a command line that cannot be understood
+EX_NOINPUT = 66  # an input file that does not exist or cannot be read
 EX_UNAVAILABLE = 69  # a server or socket that cannot be reached
 EX_OSERR = 71  # the system refused (cannot listen)
+EX_CONFIG = 78  # a configuration that was read but cannot be used
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,3 +62,26 @@ def error(command: str, message: str, status: int) -> int:
     """Print ``relaypolicy COMMAND: error: MESSAGE`` on stderr; ``status``."""
     print(f"relaypolicy {command}: error: {message}", file=sys.stderr)
     return status
+
+
+def file_status(path: str | os.PathLike[str] | None) -> int:
+    """The status for a file that could not be used: 66 when it is not there to be read
+    (missing, a directory, no permission), else 78 (it was read, its content is wrong;
+    or there is no file: ``None``)."""
+    if path is None or (os.path.isfile(path) and os.access(path, os.R_OK)):
+        return EX_CONFIG
+    return EX_NOINPUT
+
+
+def cannot_listen(exc: OSError, addresses: Iterable[str]) -> str:
+    """The error line for a socket that could not be bound, naming where.
+
+    The operating system's message for a unix socket in a missing directory is only
+    ``[Errno 2] No such file or directory``; the addresses tried are added so the reader
+    knows which path to create. A message that already says what failed (``cannot create
+    the control socket PATH: ...``) is kept as it is.
+    """
+    text = str(exc)
+    if text.startswith("cannot "):
+        return text
+    return f"cannot listen on {', '.join(addresses)}: {text}"

@@ -1,8 +1,9 @@
 """``relaypolicy audit``: the relay-abuse battery against a configuration or a live server.
 
 ``--config FILE`` runs it in process; ``--smtp HOST[:PORT]`` over SMTP (never DATA).
-Exit status: 0 no probe was accepted, 1 one was, 64 a usage error, 69 (EX_UNAVAILABLE) a
-server that cannot be audited.
+Exit status: 0 no probe was accepted, 1 one was, 64 a usage error, 66 a ``--config`` that
+cannot be read, 69 (EX_UNAVAILABLE) a server that cannot be audited, 78 a ``--config``
+that cannot be used.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import socket
 import ssl
 from typing import Any
 
-from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error
-from relaypolicy.config import load_config
+from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error, file_status
+from relaypolicy.config import Config, ConfigError, load_config
+from relaypolicy.networks import NetworkSet
 from relaypolicy.testing.audit import (
     AuditError,
     audit_policy,
     audit_smtp,
     audit_table,
     junit_cases,
+    looks_trusted,
     summary,
 )
 from relaypolicy.testing.probes import DEFAULT_FOREIGN_DOMAIN, probe_battery
@@ -40,7 +43,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "configuration, in process, or over SMTP against a live server: EHLO, optional "
         "STARTTLS, then per probe RSET, MAIL FROM, RCPT TO; never DATA. Prints every probe "
         "with its reply and a summary. Exit status 0 when no probe was accepted, 1 when one "
-        "was, 64 for a usage error, 69 when the server cannot be audited. Audit only servers "
+        "was, 64 for a usage error, 66 for a --config that cannot be read, 69 when the "
+        "server cannot be audited, 78 for a --config that cannot be used. Audit only servers "
         "you run.",
         epilog="examples: relaypolicy audit --config examples/mx.toml; relaypolicy audit "
         "--smtp mx.example.org --local-domain example.org --source-address 198.51.100.7",
@@ -149,8 +153,36 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any]]:
-    """In process: (a description of the target, the results)."""
+def _config_hint(config: Config, client: str) -> str:
+    """What to say when the probes' client is one the configuration trusts outright."""
+    chains = [config.chain, *config.ports.values()]
+    if not any("trusted_networks" in steps for steps in chains):
+        return ""
+    if client not in NetworkSet(config.trusted_networks):
+        return ""
+    return (
+        f"client {client} is in the configuration's trusted networks (networks.trusted: "
+        f"{', '.join(config.trusted_networks)}), which may relay anywhere by design; audit "
+        "with a --client-address outside them (the default, 203.0.113.7, is a stranger)"
+    )
+
+
+def _smtp_hint(results: list[Any], source: str | None) -> str:
+    """What to say when the server relays everything for the address the audit came from."""
+    if not looks_trusted(results):
+        return ""
+    untrusted = "127.0.0.11" if source == "127.0.0.10" else "127.0.0.10"
+    who = f"the source address {source}" if source else "this host's address"
+    return (
+        f"the plainly foreign recipients were accepted too: the server may trust {who} by "
+        "its own configuration (Postfix mynetworks, relaypolicy networks.trusted) rather "
+        "than relay for everyone; audit again from an address it does not trust, e.g. "
+        f"--source-address {untrusted} (a loopback address, for a server on this host)"
+    )
+
+
+def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any], str]:
+    """In process: (a description of the target, the results, a hint for the summary)."""
 
     for flag in ("source_address", "helo", "cafile"):
         if getattr(args, flag):
@@ -182,10 +214,11 @@ def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any]]:
             got = [r._replace(probe=r.probe._replace(name=f"{label}:{r.probe.name}")) for r in got]
         results += got
     target = f"the policy of {config.source}, from client {args.client_address}"
-    return target, results
+    hint = _config_hint(config, args.client_address) if any(r.accepted for r in results) else ""
+    return target, results, hint
 
 
-def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
+def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any], str]:
 
     if args.server_port or args.client_address != "203.0.113.7":
         raise ValueError("--client-address and --server-port go with --config")
@@ -210,15 +243,18 @@ def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any]]:
     )
     source = f", from {args.source_address}" if args.source_address else ""
     tls = " with STARTTLS" if args.starttls else ""
-    return f"SMTP server {host}:{port}{tls}{source}", results
+    hint = _smtp_hint(results, args.source_address)
+    return f"SMTP server {host}:{port}{tls}{source}", results, hint
 
 
 def run(args: argparse.Namespace) -> int:
 
     try:
-        target, results = _audit_smtp(args) if args.smtp else _audit_config(args)
+        target, results, hint = _audit_smtp(args) if args.smtp else _audit_config(args)
     except AuditError as exc:
         return error("audit", str(exc), EX_UNAVAILABLE)
+    except ConfigError as exc:
+        return error("audit", str(exc), file_status(args.config))
     except (OSError, ValueError) as exc:
         return error("audit", str(exc), EX_USAGE)
     accepted = sum(result.accepted for result in results)
@@ -230,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
                     "open_relay": bool(accepted),
                     "accepted": accepted,
                     "total": len(results),
-                    "summary": summary(results),
+                    "summary": summary(results, hint),
                     "probes": [result.as_dict() for result in results],
                 },
                 ensure_ascii=False,
@@ -240,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"relay audit of {target}")
         print(audit_table(results))
-        print(summary(results))
+        print(summary(results, hint))
     if args.junit_xml:
         try:
             write_junit(

@@ -1,8 +1,9 @@
 """``relaypolicy check``: decide one recipient from the command line.
 
 Exit status follows the decision so a shell script can branch on it: 0 ACCEPT, 1 REJECT,
-2 DEFER, 3 NEXT (only possible for a chain whose default passes), and 64 (EX_USAGE) for a
-command line that cannot be understood.
+2 DEFER, 3 NEXT (only possible for a chain whose default passes), 64 (EX_USAGE) for a
+command line that cannot be understood, 66 (EX_NOINPUT) for a ``--config`` that cannot be
+read and 78 (EX_CONFIG) for one that cannot be used.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from relaypolicy.cli._common import EX_USAGE, error
+from relaypolicy.cli._common import EX_USAGE, error, file_status
 from relaypolicy.config import load_config
 from relaypolicy.errors import DomainError, UsageError
 from relaypolicy.model import Decision, Request, Verdict
@@ -32,7 +33,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "LocalDomainOnly(...))` does and print the SMTP reply, the deciding policy and "
         "the reason. With --config FILE the chain of that configuration decides instead. Exit "
         "status: 0 accept, 1 reject, 2 defer, 3 no decision (a chain whose otherwise is "
-        "'next'), 64 usage error.",
+        "'next'), 64 usage error, 66 no such --config, 78 a --config that cannot be used.",
         epilog="example: relaypolicy check --local-domain example.org "
         "--trusted-network 192.0.2.0/24 --client-address 203.0.113.7 "
         "--recipient 'user%other.example@example.org'",
@@ -89,6 +90,14 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     return check
 
 
+class _UnusableConfig(Exception):
+    """A ``--config`` that cannot be read (66) or used (78): ``status`` says which."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _check_policy(args: argparse.Namespace) -> Policy:
     if args.config:
         if args.local_domain or args.relay_domain or args.trusted_network:
@@ -102,18 +111,22 @@ def _check_policy(args: argparse.Namespace) -> Policy:
                     print("relaypolicy check: warning: Redis did not answer", file=sys.stderr)
             return config.build_policy(table)
         except (OSError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+            raise _UnusableConfig(str(exc), file_status(args.config)) from None
     if not args.local_domain and not args.relay_domain:
         raise UsageError("give at least one --local-domain (or --relay-domain)")
     try:
-        local = LocalDomainOnly(args.local_domain, relay_domains=args.relay_domain)
+        local = LocalDomainOnly(
+            args.local_domain, relay_domains=args.relay_domain, name="local_domains"
+        )
     except DomainError as exc:
         raise UsageError(str(exc)) from None
     try:
-        trusted = TrustedNetworks(args.trusted_network)
+        trusted = TrustedNetworks(args.trusted_network, name="trusted_networks")
     except ValueError as exc:
         raise UsageError(f"--trusted-network: {exc}") from None
-    return FirstMatch(trusted, local)
+    # The options describe the chain ["trusted_networks", "local_domains"] of a file, and
+    # its decisions carry the same names as that file's would.
+    return FirstMatch(trusted, local, name="chain")
 
 
 def _print_decision(decision: Decision, request: Request, as_json: bool) -> None:
@@ -150,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         request = _request(args)
     except UsageError as exc:
         return error("check", str(exc), EX_USAGE)
+    except _UnusableConfig as exc:
+        return error("check", str(exc), exc.status)
     decision = policy.check(request)
     _print_decision(decision, request, args.json)
     return EXIT_BY_VERDICT[decision.verdict]

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from relaypolicy.cli._common import EX_NOINPUT, error, file_status
 from relaypolicy.config import ConfigError, load_config
 
 __all__ = ["add_parser", "run"]
@@ -21,7 +22,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "check",
         help="validate FILE and print the effective chain in words",
         description="Validate FILE and print the effective chain in words. Exit status 0 "
-        "when valid, 1 when not (the error names the key).",
+        "when valid, 1 when not (the error names the line and the key), 66 when FILE "
+        "cannot be read.",
     )
     config_check.add_argument("file", metavar="FILE")
 
@@ -29,13 +31,17 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 and the chain in words when the file is valid; 1 and the error when not."""
+    """0 and the chain in words when the file is valid; 1 and the error when not; 66
+    when there is no file to read."""
     if args.config_command != "check":
         args.parser.error("config needs an action: check FILE")
     try:
         config = load_config(args.file)
     except ConfigError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
+        if file_status(args.file) == EX_NOINPUT:
+            return error("config check", str(exc), EX_NOINPUT)
+        # Not an error of the command: the answer to its question, as 1 is.
+        print(f"relaypolicy config check: invalid: {exc}", file=sys.stderr)
         return 1
     print(config.describe())
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from relaypolicy.cli._common import EX_USAGE, error
+from relaypolicy.cli._common import EX_UNAVAILABLE, error
 from relaypolicy.daemon.control import ask
 
 __all__ = ["add_parser", "run"]
@@ -42,7 +42,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 when the service answered ``ok``, 1 when it refused, 64 when it cannot be reached."""
+    """0 when the service answered ``ok``, 1 when it refused, 69 when it cannot be reached."""
     if args.ctl_command is None:
         args.parser.error("ctl needs an action: table, add, remove, stats or reload")
     command = "add" if args.ctl_command == "record" else args.ctl_command
@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         reply = ask(args.socket, message)
     except OSError as exc:
-        return error("ctl", f"cannot talk to {args.socket}: {exc}", EX_USAGE)
+        return error("ctl", f"cannot talk to {args.socket}: {exc}", EX_UNAVAILABLE)
     print(json.dumps(reply, indent=2, ensure_ascii=False))
     return 0 if reply.get("ok") else 1

@@ -1,6 +1,7 @@
 """``relaypolicy passwd FILE USER``: manage the SMTP AUTH password file of ``smtpd``.
 
-Exit status 0 when done, 1 when not (the message says why).
+Exit status 0 when done, 1 when not (the message says why), 66 when ``--delete`` finds no
+file to read.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import getpass
 import sys
 from typing import Any
 
-from relaypolicy.cli._common import error
+from relaypolicy.cli._common import EX_NOINPUT, error, file_status
 from relaypolicy.smtpd.passwords import PasswordFile, check_user_name
 
 __all__ = ["add_parser", "run"]
@@ -23,7 +24,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="add a user to an SMTP AUTH password file, or change its password",
         description="Add USER to FILE (created, mode 0600, when missing) or change its "
         "password. The password is asked twice without echo; the file keeps a salted "
-        "scrypt hash. Exit status 0 when done, 1 when not.",
+        "scrypt hash. Exit status 0 when done, 1 when not, 66 when --delete finds no "
+        "FILE.",
     )
     parser.add_argument("file", metavar="FILE", help="the password file (smtpd.passwords)")
     parser.add_argument("user", metavar="USER", help="the login name")
@@ -49,7 +51,11 @@ def _read_password(user: str, from_stdin: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         check_user_name(args.user)
-        passwords = PasswordFile.load(args.file, missing_ok=not args.delete)
+        try:
+            passwords = PasswordFile.load(args.file, missing_ok=not args.delete)
+        except ValueError as exc:  # the file to read is not there, or not a password file
+            unread = file_status(args.file) == EX_NOINPUT
+            return error("passwd", str(exc), EX_NOINPUT if unread else 1)
         if args.delete:
             if not passwords.delete(args.user):
                 return error("passwd", f"{args.file}: no user {args.user!r}", 1)

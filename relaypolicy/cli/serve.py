@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
-from relaypolicy.cli._common import EX_OSERR, EX_USAGE, error
+from relaypolicy.cli._common import EX_OSERR, EX_USAGE, cannot_listen, error, file_status
 from relaypolicy.daemon.logging import configure_logging
 from relaypolicy.daemon.serve import Service
 
@@ -38,20 +37,23 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT; 0, or 64 for a configuration that cannot be used,
-    71 when a socket cannot be bound."""
+    """Serve until SIGTERM or SIGINT; 0, or 66 for a configuration file that cannot be
+    read, 78 for one that cannot be used, 64 for a bad ``--listen``, 71 when a socket
+    cannot be bound (the message names it)."""
 
     async def serve() -> int:
         try:
             service = Service(args.config, listen=args.listen)
         except (OSError, ValueError) as exc:
-            return error("serve", str(exc), EX_USAGE)
+            bad_listen = args.listen and str(exc).startswith("listener ")
+            status = EX_USAGE if bad_listen else file_status(args.config)
+            return error("serve", str(exc), status)
         configure_logging(service.config.log)
         service.manages_logging = True  # a reload applies [log] changes
         try:
             return await service.run()
         except OSError as exc:
-            print(f"relaypolicy serve: cannot listen: {exc}", file=sys.stderr)
-            return EX_OSERR
+            where = [str(listener) for listener in service.front_end.listeners]
+            return error("serve", cannot_listen(exc, where), EX_OSERR)
 
     return asyncio.run(serve())

@@ -1,7 +1,8 @@
 """``relaypolicy smtpd``: the small policy-enforcing SMTP server (aiosmtpd).
 
-Exit status 64 for a configuration or command line that cannot be used, 71 when the
-server cannot listen. aiosmtpd is an optional extra, imported only when the server starts.
+Exit status 66 for a configuration file that cannot be read, 78 for one that cannot be
+used, 64 for a command line that cannot, 71 when the server cannot listen (the message
+names the address). aiosmtpd is an optional extra, imported only when the server starts.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import logging
 import os
 from typing import Any
 
-from relaypolicy.cli._common import EX_OSERR, EX_USAGE, error
+from relaypolicy.cli._common import EX_CONFIG, EX_OSERR, EX_USAGE, cannot_listen, error, file_status
 from relaypolicy.config import ConfigError
 from relaypolicy.daemon.logging import configure_logging
+from relaypolicy.settings import parse_host_port
 
 __all__ = ["add_parser", "run"]
 
@@ -47,6 +49,11 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        for spec in args.listen or ():
+            parse_host_port(spec)
+    except ValueError as exc:
+        return error("smtpd", f"--listen: {exc}", EX_USAGE)
     try:  # the optional extra: pip install 'relaypolicy[aiosmtpd]'
         from relaypolicy.daemon.smtpd import SmtpdServer, load_smtpd_config
     except ImportError as exc:
@@ -54,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config, settings = load_smtpd_config(args.config)
     except ConfigError as exc:
-        return error("smtpd", str(exc), EX_USAGE)
+        return error("smtpd", str(exc), file_status(args.config))
     configure_logging(config.log)
     if args.config is None:
         logging.getLogger("relaypolicy.smtpd").info(
@@ -67,10 +74,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             server = SmtpdServer(config, settings, listen=args.listen)
         except (OSError, ValueError) as exc:  # the message names the file
-            return error("smtpd", str(exc), EX_USAGE)
+            return error("smtpd", str(exc), EX_CONFIG)
         try:
             return await server.run()
         except OSError as exc:  # run() has closed what it started
-            return error("smtpd", f"cannot listen: {exc}", EX_OSERR)
+            where = [
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                for host, port in server.front_end.listen
+            ]
+            return error("smtpd", cannot_listen(exc, where), EX_OSERR)
 
     return asyncio.run(serve())

@@ -1,7 +1,7 @@
 """``relaypolicy test SCENARIOS... --config FILE``: run scenario files against a configuration.
 
-Exit status: 0 every case passed, 1 one did not, 64 a command line, configuration or
-scenario file that cannot be used.
+Exit status: 0 every case passed, 1 one did not, 64 a command line that cannot be used,
+66 a configuration or scenario file that cannot be read, 78 one that cannot be used.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from relaypolicy.cli._common import EX_USAGE, error
+from relaypolicy.cli._common import EX_CONFIG, EX_NOINPUT, EX_USAGE, error, file_status
 from relaypolicy.config import ConfigError, load_config
 from relaypolicy.testing.report import write_junit
 from relaypolicy.testing.scenarios import (
@@ -32,7 +32,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         description="Run every case of the scenario files (TOML: a request and the "
         "expected decision) against the policy the configuration describes, and print a "
         "table: case, expected, got, deciding policy, reason. Exit status 0 when every "
-        "case passes, 1 when one does not, 64 for a file that cannot be used.",
+        "case passes, 1 when one does not, 64 for a command line, 66 for a file that "
+        "cannot be read, 78 for one that cannot be used.",
         epilog="example: relaypolicy test examples/mx.scenarios.toml --config "
         "examples/mx.toml  (see docs/testing.md)",
     )
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     junit = []
     failed = total = 0
     for number, path in enumerate(args.scenarios):
+        config_path = None
         try:
             scenarios = load_scenarios(path)
             config_path = args.config or scenarios.config
@@ -65,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
             results = run_scenarios(scenarios.cases, config)
         except (ScenarioError, ConfigError) as exc:
             message = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
-            return error("test", message, EX_USAGE)
+            unread = file_status(path) == EX_NOINPUT or (
+                isinstance(exc, ConfigError) and file_status(config_path) == EX_NOINPUT
+            )
+            return error("test", message, EX_NOINPUT if unread else EX_CONFIG)
         except (OSError, ValueError) as exc:  # a table file, a bad value
-            return error("test", f"{path}: {exc}", EX_USAGE)
+            return error("test", f"{path}: {exc}", EX_CONFIG)
         if number:
             print()
         print(f"{path} against {config.source}")

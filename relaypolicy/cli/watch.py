@@ -23,7 +23,14 @@ import logging
 import sys
 from typing import Any
 
-from relaypolicy.cli._common import EX_NOINPUT, EX_OSERR, EX_UNAVAILABLE, EX_USAGE
+from relaypolicy.cli._common import (
+    EX_CONFIG,
+    EX_NOINPUT,
+    EX_OSERR,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    file_status,
+)
 from relaypolicy.config import ConfigError, LogSettings, load_config
 from relaypolicy.daemon.control import ControlSocketTable
 from relaypolicy.daemon.logging import configure_logging
@@ -176,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.config:
             config = load_config(args.config)
+    except ConfigError as exc:  # 66 no such file, 78 a file that cannot be used
+        print(f"relaypolicy watch: error: {exc}", file=sys.stderr)
+        return file_status(args.config)
+    try:
         settings = _settings(args, config.watch if config is not None else None)
     except ConfigError as exc:
         print(f"relaypolicy watch: error: {exc}", file=sys.stderr)
@@ -207,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             managed = config.make_pop_table(durable=True)
         except (OSError, ValueError) as exc:  # TableFileError is a ValueError
             print(f"relaypolicy watch: error: {exc}", file=sys.stderr)
-            return EX_USAGE
+            return EX_CONFIG  # the configured persist cannot be used
         if managed is None:
             print("relaypolicy watch: error: no [pop_before_smtp] table", file=sys.stderr)
             return EX_USAGE

@@ -3,6 +3,11 @@
 One registry, :data:`STEPS`: each :class:`Step` has its name, what it means in words (for
 ``relaypolicy config check``), how to build its policy, and the section it needs. Adding a
 step is one entry here.
+
+Naming: every policy a step builds is named after the step (``trusted_networks``,
+``sasl_permit``, ...), and a chain after its key (``chain``, ``chain.ports.587``), so the
+``policy`` of a decision is a word the reader finds in the file; a policy built in Python
+keeps its class name unless given ``name=``.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ def _sasl(otherwise: Verdict) -> Callable[[Config, IpTable | None], Policy]:
 def _pop(config: Config, table: IpTable | None) -> Policy:
     if table is None or config.pop is None:
         raise ConfigError(f"{config.source}: pop_before_smtp step without a table")
-    return PopBeforeSmtp(table, bind_sender=config.pop.bind_sender)
+    return PopBeforeSmtp(table, bind_sender=config.pop.bind_sender, name="pop_before_smtp")
 
 
 # The steps a chain may name, in the order `config check` and the docs list them.
@@ -71,7 +76,7 @@ STEPS: dict[str, Step] = {
         Step(
             "trusted_networks",
             "accept clients in the trusted networks (permit_mynetworks)",
-            lambda config, table: TrustedNetworks(config.trusted_networks),
+            lambda config, table: TrustedNetworks(config.trusted_networks, name="trusted_networks"),
         ),
         Step(
             "sasl_permit",
@@ -86,7 +91,9 @@ STEPS: dict[str, Step] = {
         Step(
             "client_certificate",
             "accept clients presenting a listed TLS client certificate (permit_tls_clientcerts)",
-            lambda config, table: ClientCertificate(config.client_certificates),
+            lambda config, table: ClientCertificate(
+                config.client_certificates, name="client_certificate"
+            ),
             needs="client_certificates.fingerprints",
         ),
         Step(
@@ -100,14 +107,14 @@ STEPS: dict[str, Step] = {
             "accept mail for the local and relay domains, refuse everything else "
             "(reject_unauth_destination)",
             lambda config, table: LocalDomainOnly(
-                config.local_domains, relay_domains=config.relay_domains
+                config.local_domains, relay_domains=config.relay_domains, name="local_domains"
             ),
             needs="domains.local",
         ),
         Step(
             "open_relay",
             "accept everything (an open relay: tests and closed labs only)",
-            lambda config, table: OpenRelay(),
+            lambda config, table: OpenRelay(name="open_relay"),
         ),
     )
 }

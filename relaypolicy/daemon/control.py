@@ -105,11 +105,17 @@ async def start_control(
 
     A successful change of the table (a reply with ``added`` or ``removed``) is sent
     only after ``durable()`` returned; when it raises :class:`OSError` the reply says
-    the change is in the table but not saved (``"ok": false, "retry": true``)."""
+    the change is in the table but not saved (``"ok": false, "retry": true``).
+
+    Raises :class:`OSError` whose message starts ``cannot create the control socket
+    PATH:`` when it cannot listen there (a missing directory, a file in the way)."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise OSError(f"{path} exists and is not a socket; not replacing it")
+            raise OSError(
+                f"cannot create the control socket {path}: it exists and is not a socket; "
+                "not replacing it"
+            )
         path.unlink()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -144,7 +150,10 @@ async def start_control(
                 await sender
             writer.close()
 
-    server = await asyncio.start_unix_server(client, path=str(path))
+    try:
+        server = await asyncio.start_unix_server(client, path=str(path))
+    except OSError as exc:  # the system's message does not name the path
+        raise OSError(f"cannot create the control socket {path}: {exc.strerror or exc}") from exc
     os.chmod(path, 0o600)  # the control socket can open the relay: owner only
     return server
 

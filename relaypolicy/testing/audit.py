@@ -14,6 +14,12 @@ that needs SMTPUTF8 on a server without it is not sent.
 A probe is *accepted* when ``RCPT`` gets a 2xx reply. A 4xx reply is not acceptance, but a
 greylisting server may accept later, so deferred probes are counted in the summary.
 Audit only servers you run.
+
+A server that accepts most of the battery, the plainly foreign recipients included
+(:func:`looks_trusted`), is an open relay *or* trusts the address the audit came from:
+Postfix's ``mynetworks`` (``permit_mynetworks``) or relaypolicy's ``networks.trusted``
+relay anything for it, by design. The summary then says so (:func:`summary`'s ``hint``),
+since the user most likely audited from the wrong address.
 """
 
 from __future__ import annotations
@@ -38,10 +44,15 @@ __all__ = [
     "audit_smtp",
     "audit_table",
     "junit_cases",
+    "looks_trusted",
     "summary",
 ]
 
 MAX_RECONNECTS = 3
+
+# nmap's first four probes: ``relaytest@FOREIGN`` with no routing trick at all. A server
+# accepts them only when it relays for this client unconditionally.
+PLAIN_FOREIGN_PROBES = frozenset({"nmap-01", "nmap-02", "nmap-03", "nmap-04"})
 
 
 class AuditResult(NamedTuple):
@@ -255,9 +266,22 @@ def audit_smtp(
         session.close()
 
 
-def summary(results: Sequence[AuditResult]) -> str:
+def looks_trusted(results: Sequence[AuditResult]) -> bool:
+    """Whether the results look like a client the server trusts: more than half of the
+    probes accepted, and every plainly foreign one (``user@foreign``, no trick) among them.
+
+    A policy that only falls for some routing trick accepts a few probes, never the plain
+    ones; ``permit_mynetworks`` (or an open relay) accepts them all.
+    """
+    plain = [r for r in results if r.probe.name.rsplit(":", 1)[-1] in PLAIN_FOREIGN_PROBES]
+    accepted = sum(result.accepted for result in results)
+    return bool(plain) and all(r.accepted for r in plain) and 2 * accepted > len(results)
+
+
+def summary(results: Sequence[AuditResult], hint: str = "") -> str:
     """``not an open relay: 0/N probes accepted`` or ``OPEN RELAY: k/N probes accepted``,
-    with the deferred, undecided and unsent probes counted after it."""
+    with the deferred, undecided and unsent probes counted after it, then ``hint`` (what
+    the caller knows about why: the client may be trusted)."""
     accepted = sum(result.accepted for result in results)
     line = (
         f"OPEN RELAY: {accepted}/{len(results)} probes accepted"
@@ -273,6 +297,8 @@ def summary(results: Sequence[AuditResult]) -> str:
         count = sum(result.result == result_name for result in results)
         if count:
             notes.append(f"{count} {note}")
+    if hint:
+        notes.append(hint)
     return line + (f"; {'; '.join(notes)}" if notes else "")
 
 
