@@ -150,7 +150,11 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.mark.packaging
 def test_wheel_and_sdist_install_and_run_in_a_fresh_venv(source_tree: Path, tmp_path: Path) -> None:
-    if importlib.util.find_spec("build") is None:
+    try:
+        builder = importlib.util.find_spec("build.__main__")
+    except ModuleNotFoundError:
+        builder = None
+    if builder is None:
         unavailable("the 'build' package (pip install -e '.[dev]') builds the sdist")
     dist = tmp_path / "dist"
     _ok(
