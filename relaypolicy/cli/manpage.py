@@ -126,8 +126,9 @@ def _page(
     if subparsers is not None and parser.prog == "relaypolicy":
         lines.append(".SH COMMANDS")
         for choice in subparsers._choices_actions:
-            lines += [".TP", _bold(choice.dest), escape(choice.help or "")]
-            lines.append(f"See \\fBrelaypolicy\\-{escape(choice.dest)}\\fR(1).")
+            # \% : no hyphenation inside a page name.
+            page = f"\\%(\\fBrelaypolicy\\-{escape(choice.dest)}\\fR(1))"
+            lines += [".TP", _bold(choice.dest), f"{escape(choice.help or '')} {page}"]
     else:
         lines += _actions(parser, "ACTIONS")
     if exit_status:
@@ -136,7 +137,7 @@ def _page(
         example = re.sub(r"^examples?:\s*", "", parser.epilog, flags=re.IGNORECASE)
         lines += [".SH EXAMPLE", ".PP", ".nf", escape(example), ".fi"]
     if see_also:
-        lines += [".SH SEE ALSO", ",\n".join(f"\\fB{escape(page)}\\fR(1)" for page in see_also)]
+        lines += [".SH SEE ALSO", ",\n".join(f"\\%\\fB{escape(page)}\\fR(1)" for page in see_also)]
     return "\n".join(lines) + "\n"
 
 
