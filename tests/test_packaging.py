@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from realservers import unavailable
 
 from relaypolicy import __version__
 from relaypolicy.cli import COMMANDS, _build_parser
 from relaypolicy.cli.manpage import escape, main, render_pages, write_man_pages
-from tests.realservers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 # A build may take a while on a loaded machine (network, isolation venvs); it is a
