@@ -22,10 +22,19 @@ used by the server's processes and by the generator. A "null server" (answers DU
 reading the request) shows how fast the generator alone can go. The machine is shared and
 noisy: read the ratios; for each connection count the servers run back to back.
 
-    python benchmarks/bench_serve.py [--duration S] [--connections 1,8,64] [--skip-postfwd]
+With ``--metrics``, each relaypolicy configuration runs a second time with a ``[metrics]``
+section, right after the one without, and a thread of this process scrapes its
+``/metrics`` over HTTP once a second during that run (warm-up included), as Prometheus
+would. Every scrape must succeed, and the request and decision counters it shows must
+never go backwards and must cover the answers the generator got. The throughput lost is
+printed as "metrics cost: X % of throughput" (issue 17's target: under 10 %).
 
-Exit status: 0; 1 when an answer is wrong or the servers disagree; 2 when postfwd is not
-installed (``apt-get install postfwd``, or measure relaypolicy alone with --skip-postfwd).
+    python benchmarks/bench_serve.py [--duration S] [--connections 1,8,64] [--skip-postfwd]
+                                     [--metrics]
+
+Exit status: 0; 1 when an answer is wrong, the servers disagree or a scrape fails or shows
+wrong counts; 2 when postfwd is not installed (``apt-get install postfwd``, or measure
+relaypolicy alone with --skip-postfwd).
 """
 
 from __future__ import annotations
@@ -47,7 +56,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +71,9 @@ NOISY_OTHER_CPU = 0.25  # of one core, used by other processes during a row
 REJECT_ACTION = "554 5.7.1 Relay access denied"
 DECIDING_ATTRIBUTES = ("protocol_state", "client_address", "sasl_username", "recipient")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TARGET_METRICS_COST = 10.0  # % of throughput lost with [metrics] scraped every second
+SCRAPE_INTERVAL = 1.0  # seconds, as a Prometheus scrape_interval
+METRICS_SUFFIX = " +metrics"  # the label of a server with [metrics]: "relaypolicy (info) +metrics"
 
 RELAYPOLICY_CONFIG = """\
 [domains]
@@ -80,6 +94,11 @@ accept_action = "OK"
 [log]
 level = "{level}"
 format = "text"
+"""
+
+METRICS_SECTION = """
+[metrics]
+listen = "127.0.0.1:{port}"
 """
 
 # The same decisions in postfwd's rule language, first match wins. relaypolicy answers
@@ -291,6 +310,7 @@ class Server:
     note: str
     proc: subprocess.Popen[bytes] | multiprocessing.process.BaseProcess | None = None
     pids: list[int] = field(default_factory=list)
+    metrics_port: int | None = None  # relaypolicy with [metrics]: where /metrics is served
 
     def refresh_pids(self) -> None:
         self.pids = process_tree(self.root)
@@ -319,11 +339,18 @@ def _alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def start_relaypolicy(tmp: Path, level: str) -> Server:
+def start_relaypolicy(tmp: Path, level: str, *, metrics: bool = False) -> Server:
+    """``relaypolicy serve`` at log ``level``; with ``metrics``, plus a ``[metrics]`` section
+    (the rest of the configuration is the same)."""
     port = free_port()
-    config = tmp / f"relaypolicy-{level}.toml"
-    config.write_text(RELAYPOLICY_CONFIG.format(port=port, level=level))
-    log = (tmp / f"relaypolicy-{level}.log").open("wb")
+    name = f"relaypolicy-{level}" + ("-metrics" if metrics else "")
+    text = RELAYPOLICY_CONFIG.format(port=port, level=level)
+    metrics_port = free_port() if metrics else None
+    if metrics_port is not None:
+        text += METRICS_SECTION.format(port=metrics_port)
+    config = tmp / f"{name}.toml"
+    config.write_text(text)
+    log = (tmp / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "relaypolicy", "serve", "--config", str(config)],
         stdin=subprocess.DEVNULL,
@@ -331,9 +358,21 @@ def start_relaypolicy(tmp: Path, level: str) -> Server:
         stderr=log,  # the decision log goes to a file, as journald would take it
     )
     log.close()
-    wait_for_port(port, "relaypolicy serve", proc)
-    note = f"log level {level}" + (" (one line per decision, to a file)" if level == "info" else "")
-    return Server(f"relaypolicy ({level})", port, proc.pid, note, proc)
+    server = Server(f"relaypolicy ({level})", port, proc.pid, f"log level {level}", proc)
+    if level == "info":
+        server.note += " (one line per decision, to a file)"
+    if metrics_port is not None:
+        server.label += METRICS_SUFFIX
+        server.note += f"; [metrics] on 127.0.0.1:{metrics_port}, scraped every second"
+        server.metrics_port = metrics_port
+    try:
+        wait_for_port(port, "relaypolicy serve", proc)
+        if metrics_port is not None:
+            wait_for_port(metrics_port, "relaypolicy serve's /metrics", proc)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 def start_postfwd(tmp: Path, binary: str) -> Server:
@@ -436,6 +475,8 @@ class Run:
     other_cpu: float = 0.0  # everything else on the machine meanwhile: noise
     answers: Counter[str] = field(default_factory=Counter)  # OK, REJECT, DUNNO, wrong
     wrong: list[str] = field(default_factory=list)  # the first few
+    scrapes: int = 0  # with [metrics]: successful scrapes of /metrics during the run
+    slowest_scrape_ms: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -567,14 +608,107 @@ def run_load(
     return run
 
 
+# --- the scraper -----------------------------------------------------------------------
+
+
+class Scraper:
+    """Scrapes ``/metrics`` every :data:`SCRAPE_INTERVAL` in a thread, as Prometheus would
+    (an HTTP GET of the text format), and checks each answer: status 200, the policy
+    service's request counter present and never going backwards."""
+
+    def __init__(self, server: Server) -> None:
+        assert server.metrics_port is not None
+        self.label = server.label
+        self.url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        self.scrapes = 0
+        self.slowest_ms = 0.0
+        self.failures: list[str] = []
+        self.requests = 0.0  # relaypolicy_policy_requests_total, last seen
+        self.decisions = 0.0  # the sum of relaypolicy_decisions_total, last seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scraper", daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self.scrape()
+            next_at += SCRAPE_INTERVAL
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def scrape(self) -> None:
+        """One scrape; a failure is recorded, not raised (the thread must go on)."""
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as answer:  # noqa: S310 - loopback
+                status, body = answer.status, answer.read().decode()
+        except OSError as exc:
+            self.failures.append(f"GET {self.url}: {exc}")
+            return
+        self.slowest_ms = max(self.slowest_ms, (time.perf_counter() - started) * 1e3)
+        self.scrapes += 1
+        samples = parse_samples(body)
+        requests = samples.get("relaypolicy_policy_requests_total")
+        decisions = sum(
+            v for k, v in samples.items() if k.startswith("relaypolicy_decisions_total{")
+        )
+        if status != 200 or requests is None:
+            self.failures.append(f"GET {self.url}: status {status}, no request counter")
+        elif requests < self.requests or decisions < self.decisions:
+            self.failures.append(
+                f"counters went backwards: requests {self.requests:.0f} -> {requests:.0f}, "
+                f"decisions {self.decisions:.0f} -> {decisions:.0f}"
+            )
+        else:
+            self.requests, self.decisions = requests, decisions
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """``name{labels} value`` lines of the Prometheus text format (comments skipped)."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
+
+
+def check_scrapes(scraper: Scraper, run: Run) -> None:
+    """After the run, one last scrape: its counters must cover what the generator got (the
+    server's counters also hold the agreement pass and earlier runs, hence "at least")."""
+    scraper.scrape()
+    decided = run.answers["OK"] + run.answers["REJECT"]
+    answered = decided + run.answers["DUNNO"]
+    if scraper.requests < answered or scraper.decisions < decided:
+        scraper.failures.append(
+            f"the counters show {scraper.requests:.0f} requests and {scraper.decisions:.0f} "
+            f"decisions, fewer than this run's {answered} answers ({decided} decisions)"
+        )
+    run.scrapes, run.slowest_scrape_ms = scraper.scrapes, scraper.slowest_ms
+    if scraper.failures:
+        sys.exit(
+            f"bench_serve: {len(scraper.failures)} bad scrapes of {scraper.label} at "
+            f"{run.connections} connections, e.g. {scraper.failures[0]}"
+        )
+
+
 # --- the report ------------------------------------------------------------------------
 
 
 def print_table(runs: list[Run], baselines: list[str]) -> None:
     """One row per server and connection count; relaypolicy's throughput over each postfwd's."""
     rates = {(r.server, r.connections): r.rate for r in runs}
+    width = max(22, *(len(r.server) for r in runs))
     header = (
-        f"{'server':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'server':<{width}} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'srv CPU':>8} {'gen CPU':>8} {'other':>6} "
         + "".join(f" {'x ' + b:>11}" for b in baselines)
     )
@@ -587,7 +721,7 @@ def print_table(runs: list[Run], baselines: list[str]) -> None:
             ratio = f"{run.rate / base:.2f}" if base and run.server.startswith("relay") else ""
             ratios += f" {ratio:>11}"
         print(
-            f"{run.server:<22} {run.connections:>5} {run.rate:>9,.0f} "
+            f"{run.server:<{width}} {run.connections:>5} {run.rate:>9,.0f} "
             f"{run.percentile_ms(0.50):>7.2f} {run.percentile_ms(0.99):>7.2f} "
             f"{100 * run.server_cpu / run.seconds:>7.0f}% "
             f"{100 * run.generator_cpu / run.seconds:>7.0f}% "
@@ -627,15 +761,47 @@ def report_targets(runs: list[Run], postfwds: list[str]) -> None:
             print("    throughput vs postfwd: not measured (--skip-postfwd)")
 
 
+def report_metrics_cost(runs: list[Run]) -> None:
+    """Each relaypolicy configuration with ``[metrics]`` (scraped every second) beside the
+    same one without, at each connection count: the throughput it costs."""
+    by = {(r.server, r.connections): r for r in runs}
+    pairs = [
+        (by[(r.server.removesuffix(METRICS_SUFFIX), r.connections)], r)
+        for r in runs
+        if r.server.endswith(METRICS_SUFFIX)
+        and (r.server.removesuffix(METRICS_SUFFIX), r.connections) in by
+    ]
+    if not pairs:
+        return
+    print(
+        f"\nMetrics ([metrics], /metrics scraped every {SCRAPE_INTERVAL:g} s) beside the same "
+        f"configuration without,\nback to back; target (issue 17): under {TARGET_METRICS_COST:g} %"
+    )
+    for without, with_metrics in pairs:
+        cost = 100 * (1 - with_metrics.rate / without.rate)
+        met = "MET" if cost < TARGET_METRICS_COST else "MISSED"
+        noisy = " (noisy rows)" if without.noisy or with_metrics.noisy else ""
+        print(
+            f"  {without.server}, {without.connections} connections: "
+            f"{without.rate:,.0f} -> {with_metrics.rate:,.0f} req/s, p99 "
+            f"{without.percentile_ms(0.99):.2f} -> {with_metrics.percentile_ms(0.99):.2f} ms; "
+            f"{with_metrics.scrapes} scrapes, slowest {with_metrics.slowest_scrape_ms:.1f} ms"
+        )
+        print(f"    metrics cost: {cost:.1f} % of throughput: {met}{noisy}")
+
+
 @contextlib.contextmanager
 def servers_started(
-    tmp: Path, postfwds: list[str], info: bool, null: bool
+    tmp: Path, postfwds: list[str], info: bool, null: bool, metrics: bool = False
 ) -> Iterator[list[Server]]:
+    """The servers, in the order they are measured (each relaypolicy with ``[metrics]``
+    right after the same configuration without)."""
     started: list[Server] = []
     try:
-        started.append(start_relaypolicy(tmp, "warning"))
-        if info:
-            started.append(start_relaypolicy(tmp, "info"))
+        for level in ("warning", "info") if info else ("warning",):
+            started.append(start_relaypolicy(tmp, level))
+            if metrics:
+                started.append(start_relaypolicy(tmp, level, metrics=True))
         for binary in postfwds:
             started.append(start_postfwd(tmp, binary))
         if null:
@@ -657,7 +823,7 @@ def agreement_pass(server: Server, workload: Workload) -> None:
         else:
             wrong.append(i)
     print(
-        f"  {server.label:<22} OK {got['OK']}, REJECT {got['REJECT']}, DUNNO {got['DUNNO']}"
+        f"  {server.label:<30} OK {got['OK']}, REJECT {got['REJECT']}, DUNNO {got['DUNNO']}"
         + (f", WRONG {len(wrong)}" if wrong else "")
     )
     if wrong:
@@ -704,6 +870,11 @@ def main() -> None:
     )
     parser.add_argument("--no-info", action="store_true", help="skip relaypolicy at log info")
     parser.add_argument("--no-null", action="store_true", help="skip the null-server rows")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also measure each relaypolicy with [metrics], /metrics scraped every second",
+    )
     parser.add_argument("--requests", type=int, default=8192, help="distinct requests in the pool")
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
@@ -726,7 +897,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
         tmp = Path(tmp_name)
-        with servers_started(tmp, postfwds, not args.no_info, not args.no_null) as servers:
+        with servers_started(
+            tmp, postfwds, not args.no_info, not args.no_null, args.metrics
+        ) as servers:
             for server in servers:
                 print(f"  {server.label}: {server.note}")
             print("\nAgreement pass: every request once, one connection, each server:")
@@ -738,19 +911,23 @@ def main() -> None:
             for connections in counts:
                 for server in servers:
                     is_null = server.label == "null server"
-                    run = run_load(
-                        server,
-                        workload,
-                        connections,
-                        args.duration / 3 if is_null else args.duration,
-                        args.warmup,
-                        check=not is_null,
-                    )
+                    scraper = Scraper(server) if server.metrics_port is not None else None
+                    with scraper or contextlib.nullcontext():
+                        run = run_load(
+                            server,
+                            workload,
+                            connections,
+                            args.duration / 3 if is_null else args.duration,
+                            args.warmup,
+                            check=not is_null,
+                        )
                     if run.wrong:
                         sys.exit(
                             f"bench_serve: {run.answers['wrong']} wrong answers from "
                             f"{server.label} at {connections} connections, e.g. {run.wrong}"
                         )
+                    if scraper is not None:
+                        check_scrapes(scraper, run)
                     runs.append(run)
     print_table(runs, [Path(p).name for p in postfwds])
     print(
@@ -759,6 +936,8 @@ def main() -> None:
         "null server: what the\ngenerator drives at least (the null server may be "
         "the limit: see their CPU)."
     )
+    if args.metrics:
+        print("+metrics: with [metrics]; gen CPU includes the scraper thread.")
     noisy = [r for r in runs if r.noisy]
     if noisy:
         print(
@@ -775,10 +954,11 @@ def main() -> None:
                 if run.server == server.label:
                     total.update(run.answers)
             print(
-                f"  {server.label:<22} OK {total['OK']:,}, REJECT {total['REJECT']:,}, "
+                f"  {server.label:<30} OK {total['OK']:,}, REJECT {total['REJECT']:,}, "
                 f"DUNNO {total['DUNNO']:,}, wrong {total['wrong']}"
             )
     report_targets(runs, [Path(p).name for p in postfwds])
+    report_metrics_cost(runs)
 
 
 if __name__ == "__main__":
