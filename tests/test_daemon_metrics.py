@@ -76,7 +76,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # real-time: poll a real process, bounded
 
 
 def wait_for_metrics(port: int, what: str) -> None:

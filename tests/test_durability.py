@@ -140,12 +140,12 @@ def kill_loop(
     process = start()
     STARTED.append(process)
     for kill in range(1, KILLS + 1):
-        time.sleep(rng.uniform(0.02, 0.7))  # a random moment of its work
+        time.sleep(rng.uniform(0.02, 0.7))  # real-time: a random moment of its work
         before = writer.written()
         process.kill()
         process.wait(timeout=10)
         after_kill()
-        time.sleep(rng.uniform(0, 0.1))  # logins keep coming while it is down
+        time.sleep(rng.uniform(0, 0.1))  # real-time: logins keep coming while the process is down
         process = start()
         STARTED.append(process)
         deadline = time.monotonic() + CATCH_UP
@@ -163,7 +163,7 @@ def kill_loop(
                     f"after the restart ({0 if held is None else len(held)} entries; first "
                     f"missing {missing[:3]})\n{describe()}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.05)  # real-time: poll the restarted process, bounded
     print(
         f"{KILLS} kills, {len(writer.written())} logins written, "
         f"{time.monotonic() - began:.1f} s (seed {seed})"
@@ -266,7 +266,7 @@ def finish(
     deadline = time.monotonic() + CATCH_UP
     while not set(everything) <= (table() or set()):
         assert time.monotonic() < deadline, f"not every login came in:\n{describe()}"
-        time.sleep(0.05)
+        time.sleep(0.05)  # real-time: poll, bounded by CATCH_UP
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0, describe()
     saved = {address for address, _, _ in read_entries(tmp_path / "table.json")}
@@ -503,7 +503,7 @@ def test_a_table_that_cannot_be_saved_at_stop_exits_non_zero(tmp_path: Path, com
         deadline = time.monotonic() + 30
         while READY[command] not in output.read_text(errors="replace"):
             assert process.poll() is None and time.monotonic() < deadline, tail(output)
-            time.sleep(0.05)
+            time.sleep(0.05)  # real-time: poll the process's log, bounded
         persist.unlink(missing_ok=True)  # written at start; now nothing can replace it
         persist.mkdir()
         (persist / "in-the-way").touch()

@@ -207,7 +207,7 @@ async def ask_like_postfix(host: str, port: int, data: bytes) -> bytes:
             writer.write(data)
             answer = await reader.readuntil(b"\n\n")
         except (ConnectionError, asyncio.IncompleteReadError):
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # real-time: a cut-off client retries, as Postfix does
             continue
         writer.close()
         return answer
@@ -225,7 +225,7 @@ def test_a_trickled_request_is_closed_at_request_timeout_however_slow_the_bytes(
                 for _ in range(1000):  # a bounded wait, 10 s, for the first cut
                     if cut:
                         break
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # real-time: poll, bounded
                 assert cut, "a request trickling in for 10 s was never cut off"
             finally:
                 stop.set()
@@ -241,7 +241,7 @@ def test_time_between_requests_is_not_request_time() -> None:
         async with running(settings) as (server, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             assert await ask(reader, writer, request_bytes("u@local.test")) == b"action=OK\n\n"
-            await asyncio.sleep(0.6)  # idle for two request timeouts
+            await asyncio.sleep(0.6)  # real-time: idle for two request timeouts (the loop's clock)
             assert await ask(reader, writer, request_bytes("u@aho.jp")) == (
                 b"action=554 5.7.1 Relay access denied\n\n"
             )
@@ -249,7 +249,7 @@ def test_time_between_requests_is_not_request_time() -> None:
             first, second = request_bytes("u@local.test")[:20], request_bytes("u@local.test")[20:]
             writer.write(first)
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # real-time: the second half arrives later
             assert await ask(reader, writer, second) == b"action=OK\n\n"
             writer.close()
             assert server.counters["request-timeouts"] == 0
@@ -271,9 +271,9 @@ def test_trickling_clients_holding_every_slot_do_not_lock_out_postfix() -> None:
                 for _ in range(500):
                     if server.connections == 5:
                         break
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # real-time: poll, bounded
                 assert server.connections == 5  # every slot is held
-                await asyncio.sleep(0.5)  # a few bytes each
+                await asyncio.sleep(0.5)  # real-time: a few bytes each
                 answer = await asyncio.wait_for(
                     ask_like_postfix(host, port, request_bytes("u@aho.jp")), 15
                 )
@@ -620,7 +620,7 @@ def test_the_request_clock_stops_while_the_server_is_not_reading() -> None:
         (protocol,) = server._connections
         protocol.data_received(request_bytes("u@local.test") + b"request=smtpd_access_policy\n")
         protocol.pause_writing()
-        await asyncio.sleep(0.5)  # over two request timeouts, not reading
+        await asyncio.sleep(0.5)  # real-time: over two request timeouts, not reading
         assert not transport.closing
         protocol.resume_writing()
         await asyncio.sleep(0)
@@ -628,7 +628,7 @@ def test_the_request_clock_stops_while_the_server_is_not_reading() -> None:
         for _ in range(500):  # then the rest of its 0.2 s runs out
             if transport.closing:
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # real-time: poll, bounded
         assert transport.closing and server.counters["request-timeouts"] == 1
 
     run(scenario)

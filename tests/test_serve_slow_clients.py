@@ -53,7 +53,7 @@ def trickle(port: int, stop: threading.Event) -> None:
                     except TimeoutError:
                         pass
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # real-time: reconnect after a cut, as Postfix does
 
 
 @pytest.fixture()
@@ -79,8 +79,8 @@ def test_postfix_is_answered_while_slow_clients_hold_every_slot(service: Service
             deadline = time.monotonic() + 20
             while service.ctl("stats")["stats"]["connections-open"] != SLOTS:  # type: ignore[index]
                 assert time.monotonic() < deadline, "the slow clients never held every slot"
-                time.sleep(0.05)
-            time.sleep(0.5)  # every slot trickling
+                time.sleep(0.05)  # real-time: poll the real service, bounded
+            time.sleep(0.5)  # real-time: every slot trickling
             with RcptSession(postfix.host, postfix.port, OUTSIDER, timeout=60) as session:
                 for recipient in ("user@aho.jp", "user@local.test", "other@aho.jp"):
                     reply = str(session.ask(recipient, sender="sender@aho.jp"))
