@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from relaypolicy import __version__
+from relaypolicy.cli import _build_parser
 
 __all__ = ["escape", "render_pages", "write_man_pages"]
 
@@ -150,8 +151,6 @@ def _date() -> str:
 
 def render_pages() -> dict[str, str]:
     """File name -> troff text, for ``relaypolicy`` and every subcommand in ``COMMANDS``."""
-    from relaypolicy.cli import _build_parser
-
     parser = _build_parser()
     subparsers = _subparsers(parser)
     assert subparsers is not None  # the command line is built of subcommands

@@ -185,6 +185,7 @@ class CodecTarget:
         return problems
 
     def strategy(self) -> SearchStrategy[bytes]:
+        # Hypothesis is a development extra: its strategies load only for that engine.
         from relaypolicy.testing.fuzz.strategies import policy_streams
 
         return policy_streams(SEEDS)

@@ -138,6 +138,7 @@ class LoaderTarget:
         return problems
 
     def strategy(self) -> SearchStrategy[bytes]:
+        # Hypothesis is a development extra: its strategies load only for that engine.
         from relaypolicy.testing.fuzz.strategies import table_files
 
         return table_files(SEEDS)

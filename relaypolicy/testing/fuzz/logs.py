@@ -216,6 +216,7 @@ class ParserTarget:
         return problems
 
     def strategy(self) -> SearchStrategy[str]:
+        # Hypothesis is a development extra: its strategies load only for that engine.
         from relaypolicy.testing.fuzz.strategies import log_blocks
 
         return log_blocks(self._corpus)

@@ -286,6 +286,7 @@ class RequestTarget:
         return problems
 
     def strategy(self) -> SearchStrategy[Fields]:
+        # Hypothesis is a development extra: its strategies load only for that engine.
         from relaypolicy.testing.fuzz.strategies import request_fields
 
         return request_fields(self._corpus)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from relaypolicy.postfix.codec import POSTFIX_ATTRIBUTES
 from relaypolicy.testing.fuzz.mutate import INTERESTING_CHARS, INTERESTING_TOKENS
+from relaypolicy.testing.fuzz.relay import CLIENTS
 from relaypolicy.testing.strategies import mailboxes, routed_recipients
 
 __all__ = ["log_blocks", "policy_streams", "request_fields", "table_files"]
@@ -57,8 +58,6 @@ def address_like() -> st.SearchStrategy[str]:
 
 def request_fields(corpus: Sequence[dict[str, str]]) -> st.SearchStrategy[dict[str, str]]:
     """Request field mappings for the ``request`` target."""
-    from relaypolicy.testing.fuzz.relay import CLIENTS
-
     clients = st.one_of(st.sampled_from(CLIENTS), st.ip_addresses().map(str), _noise(20))
     built = st.fixed_dictionaries(
         {
