@@ -13,7 +13,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -154,3 +154,12 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"(no log at {path}: {exc.strerror})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)  # real-time: poll a real process, bounded

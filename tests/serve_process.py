@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,21 @@ class Service:
     def policy_service(self) -> str:
         """The ``check_policy_service`` target for Postfix."""
         return f"inet:127.0.0.1:{self.port}"
+
+    def ask(self, recipient: str, *, client: str, sender: str, state: str = "RCPT") -> str:
+        """The action the service gives for one policy request, ``action=`` taken off."""
+        request = (
+            f"request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n"
+            f"client_address={client}\nsender={sender}\nrecipient={recipient}\n\n"
+        )
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(request.encode())
+            answer = b""
+            while not answer.endswith(b"\n\n"):
+                chunk = sock.recv(4096)
+                assert chunk, f"connection closed after {answer!r}"
+                answer += chunk
+        return answer.decode().removeprefix("action=").strip()
 
     def ctl(self, *args: str) -> dict[str, object]:
         done = subprocess.run(

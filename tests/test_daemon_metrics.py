@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from realservers import free_port
+from realservers import free_port, wait_until
 from serve_process import Service
 
 from relaypolicy.config import ConfigError, parse_config
@@ -23,6 +23,8 @@ from relaypolicy.config.metrics import MetricsSettings
 from relaypolicy.daemon.metrics import LABELLED, SIMPLE
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
+
+SLOW = 20.0  # seconds: room for a process's start-up and its first scrape
 
 POLICY = """
 [domains]
@@ -71,14 +73,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # real-time: poll a real process, bounded
-
-
 def wait_for_metrics(port: int, what: str) -> None:
     def answers() -> bool:
         try:
@@ -87,23 +81,12 @@ def wait_for_metrics(port: int, what: str) -> None:
             return False
         return True
 
-    wait_until(answers, what)
+    wait_until(answers, what, timeout=SLOW)
 
 
 def ask(service: Service, recipient: str, *, state: str = "RCPT") -> str:
     """The action ``relaypolicy serve`` gives for ``recipient`` from 127.0.0.20."""
-    request = (
-        f"request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n"
-        f"client_address=127.0.0.20\nsender=someone@example.org\nrecipient={recipient}\n\n"
-    )
-    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
-        sock.sendall(request.encode())
-        answer = b""
-        while not answer.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            assert chunk, f"connection closed after {answer!r}"
-            answer += chunk
-    return answer.decode().removeprefix("action=").strip()
+    return service.ask(recipient, client="127.0.0.20", sender="someone@example.org", state=state)
 
 
 # --- the [metrics] section ---------------------------------------------------------------
@@ -174,7 +157,11 @@ def test_serve_metrics_count_the_decisions(serve: Callable[[str], Service]) -> N
     assert value(after, "relaypolicy_reloads_total") == 0
     assert value(after, "process_start_time_seconds") > 0
     service.process.send_signal(signal.SIGHUP)
-    wait_until(lambda: value(scrape(port), "relaypolicy_reloads_total") == 1, "the reload counted")
+    wait_until(
+        lambda: value(scrape(port), "relaypolicy_reloads_total") == 1,
+        "the reload counted",
+        timeout=SLOW,
+    )
     assert service.stop() == 0
     service.wait_for_log(r"metrics on http://127\.0\.0\.1:\d+/metrics")
     with pytest.raises(OSError):  # the listener is closed with the service
@@ -230,6 +217,7 @@ def test_watch_metrics_count_the_logins(tmp_path: Path) -> None:
         wait_until(
             lambda: value(scrape(port), "relaypolicy_watch_lines_total") == 3,
             "the three lines counted",
+            timeout=SLOW,
         )
         samples = scrape(port)
         assert value(samples, "relaypolicy_watch_logins_total") == 2

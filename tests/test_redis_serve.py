@@ -9,7 +9,6 @@ when Redis comes back from its append-only file.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,19 +38,7 @@ steps = ["pop_before_smtp", "local_domains"]
 def ask(service: Service, client: str, recipient: str = "friend@elsewhere.test") -> str:
     """The action `relaypolicy serve` gives for ``recipient`` (by default a relay) from
     ``client``."""
-    request = (
-        "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
-        f"client_address={client}\nsender=someone@local.test\n"
-        f"recipient={recipient}\n\n"
-    )
-    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
-        sock.sendall(request.encode())
-        answer = b""
-        while not answer.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            assert chunk, f"connection closed after {answer!r}"
-            answer += chunk
-    return answer.decode().removeprefix("action=").strip()
+    return service.ask(recipient, client=client, sender="someone@local.test")
 
 
 def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from realservers import free_port
+from realservers import free_port, wait_until
 from serve_process import start_service
 
 from relaypolicy import Request, Verdict
@@ -54,14 +54,6 @@ def now_stamp() -> str:
 def append(path: Path, template: str, ip: str, user: str = "taro") -> None:
     with path.open("a") as log:
         log.write(template.format(stamp=now_stamp(), ip=ip, user=user))
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 POLICY = """
