@@ -241,13 +241,7 @@ def ask(path: str | Path, message: dict[str, Any], *, timeout: float = 10.0) -> 
             if not chunk:
                 break
             answer += chunk
-    try:
-        reply = json.loads(answer)
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict):
-        raise OSError(f"{path}: not a relaypolicy control socket")
-    return reply
+    return _reply(path, answer)
 
 
 BATCH = 500  # logins sent on one control connection before reading the replies

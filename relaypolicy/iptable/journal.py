@@ -31,8 +31,8 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from relaypolicy._files import NotRegularFileError, read_regular
 from relaypolicy.iptable.base import TableFileError
+from relaypolicy.iptable.persist import read_state_file
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.memory import ExpiringIpTable
@@ -83,14 +83,7 @@ def read_journal(path: str) -> list[list[object]]:
     with a warning. Raises :class:`TableFileError` for a file that is not a journal, a
     damaged line followed by intact ones, or an intact line that is not an operation.
     """
-    try:
-        data = read_regular(path)
-    except FileNotFoundError:
-        return []
-    except NotRegularFileError as exc:
-        raise TableFileError(str(exc)) from None
-    except OSError as exc:
-        raise TableFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    data = read_state_file(path)
     if not data:
         return []
     lines = data.split(b"\n")

@@ -86,14 +86,9 @@ def read_entries(path: str | PathLike[str]) -> list[Row]:
     format or version, a checksum that does not match, a malformed entry.
     """
     name = os.fspath(path)
-    try:
-        data = read_regular(name)
-    except FileNotFoundError:
+    data = read_state_file(name)
+    if data is None:
         return []
-    except NotRegularFileError as exc:
-        raise TableFileError(str(exc)) from None
-    except OSError as exc:
-        raise TableFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
     try:
         document = json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:
@@ -140,6 +135,22 @@ def _check_digest(
             f"{name}: checksum mismatch: the file is damaged (sha256 {given:.16}…, "
             f"content {expected:.16}…)"
         )
+
+
+def read_state_file(path: str) -> bytes | None:
+    """The bytes of a state file (snapshot or journal); ``None`` when it does not exist.
+
+    Raises :class:`TableFileError` for a path that is not a regular file (a FIFO would
+    block the start) or cannot be read, naming it.
+    """
+    try:
+        return read_regular(path)
+    except FileNotFoundError:
+        return None
+    except NotRegularFileError as exc:
+        raise TableFileError(str(exc)) from None
+    except OSError as exc:
+        raise TableFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _refuse_constant(constant: str) -> object:
