@@ -24,9 +24,11 @@ __all__ = [
     "alive",
     "children",
     "free_port",
+    "mta_root",
     "real_parts_required",
     "require_binary",
     "require_loopback_address",
+    "require_mta",
     "require_root",
     "tail",
     "unavailable",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 REQUIRE_REAL_ENV = "RELAYPOLICY_REQUIRE_REAL"
+MTA_ROOT_ENV = "RELAYPOLICY_MTA_ROOT"
+_DEFAULT_MTA_ROOT = "/opt/relaypolicy-mta"
 
 # Server binaries live in sbin directories that a developer's PATH often lacks.
 _EXTRA_BINARY_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -63,6 +67,23 @@ def require_binary(name: str, *, package: str | None = None) -> str:
     if found is None:
         unavailable(f"{name} is not installed (apt-get install -y {package or name})")
     return found
+
+
+def mta_root() -> Path:
+    """The private tree Sendmail, Exim and OpenSMTPD are unpacked into (``.ci/install-mtas``)."""
+    return Path(os.environ.get(MTA_ROOT_ENV) or _DEFAULT_MTA_ROOT)
+
+
+def require_mta(relative: str) -> Path:
+    """A binary from the private MTA tree (e.g. ``usr/sbin/exim4``), else skip (or fail).
+
+    Sendmail, Exim and OpenSMTPD conflict with Postfix as Debian packages, so
+    ``.ci/install-mtas`` unpacks them into :func:`mta_root` instead of installing them.
+    """
+    binary = mta_root() / relative
+    if not os.access(binary, os.X_OK):
+        unavailable(f"{binary} is missing (run: sudo .ci/install-mtas; tree from ${MTA_ROOT_ENV})")
+    return binary
 
 
 def require_root(what: str) -> None:
