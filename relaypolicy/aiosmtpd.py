@@ -27,10 +27,11 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         "relaypolicy.aiosmtpd needs aiosmtpd: pip install 'relaypolicy[aiosmtpd]'"
     ) from exc
 
+from relaypolicy.decisions import Decider
 from relaypolicy.errors import PasswordFileError
 from relaypolicy.model import Decision, Request, Verdict, defer
 from relaypolicy.policies import Policy, relay_access_denied
-from relaypolicy.replies import NO_CLIENT_ADDRESS, POLICY_ERROR
+from relaypolicy.replies import NO_CLIENT_ADDRESS
 from relaypolicy.smtpd.passwords import PasswordFile
 from relaypolicy.text import decision_line, log_safe
 
@@ -207,7 +208,12 @@ def request_from_session(
 _Hook = Callable[..., Awaitable[Any]]
 _NAME = "RelayPolicyHandler"  # the policy named in the handler's own decisions
 _NO_CLIENT = defer(*NO_CLIENT_ADDRESS, _NAME, "no-client")
-_POLICY_ERROR = defer(*POLICY_ERROR, _NAME, "policy-error")
+
+
+def _no_opinion(request: Request) -> Decision:
+    # No opinion is not permission: an inner handler that takes every recipient must not
+    # turn a chain that passes into an open relay.
+    return relay_access_denied(request, _NAME, "no-opinion")
 
 
 class RelayPolicyHandler:
@@ -230,7 +236,8 @@ class RelayPolicyHandler:
       ``inner`` has, plus these two.
 
     One log line per decision goes to the ``relaypolicy.decisions`` logger (INFO), in the
-    format of ``relaypolicy serve`` (``log_format="json"`` for JSON lines).
+    format of ``relaypolicy serve`` (``log_format="json"`` for JSON lines), and
+    :attr:`decider` counts them (``decider.stats``), as every front end's does.
     """
 
     def __init__(
@@ -243,12 +250,23 @@ class RelayPolicyHandler:
     ) -> None:
         if not callable(getattr(policy, "check", None)):
             raise TypeError(f"policy: not a policy (no check method): {policy!r}")
-        if log_format not in ("text", "json"):
-            raise ValueError(f'log_format: expected "text" or "json", got {log_format!r}')
-        self.policy = policy
+        self.decider = Decider(policy, log_format=log_format, no_opinion=_no_opinion)
         self.inner = inner
         self.check_mail = check_mail
-        self.log_format = log_format
+
+    @property
+    def policy(self) -> Policy:
+        """What decides; replaceable (a reload)."""
+        return self.decider.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self.decider.policy = policy
+
+    @property
+    def log_format(self) -> str:
+        """``"text"`` or ``"json"``: the decision lines' format."""
+        return self.decider.log_format
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names this class lacks: those are the inner handler's.
@@ -269,19 +287,36 @@ class RelayPolicyHandler:
         return hook if callable(hook) else None
 
     def decide(
-        self, server: SMTP | None, session: Session, envelope: Envelope | None, recipient: str
+        self,
+        server: SMTP | None,
+        session: Session,
+        envelope: Envelope | None,
+        recipient: str,
+        *,
+        stage: str = "RCPT",
     ) -> tuple[Request | None, Decision]:
-        """The request and the policy's decision; never raises."""
+        """The request and the policy's decision; never raises.
+
+        At ``RCPT`` the decision is counted and logged; at ``MAIL`` (the check with the
+        recipient ``postmaster``) only a refusal is logged, and nothing is counted.
+        """
         try:
             request = request_from_session(server, session, envelope, recipient)
         except ValueError as exc:
             log.warning("cannot build a request (peer %r): %s", session.peer, exc)
             return None, _NO_CLIENT
-        try:
-            return request, self.policy.check(request)
-        except Exception:
-            log.exception("%s: policy raised; answering with a temporary refusal", session.peer)
-            return request, _POLICY_ERROR
+        peer = repr(session.peer)
+        if stage == "RCPT":
+            extra = (
+                {"login": request.sasl_username, "stage": stage}
+                if self.log_format == "json"
+                else {}
+            )
+            return request, self.decider.decide(request, peer=peer, log_fields=extra)
+        decision = self.decider.decide(request, peer=peer, record=False)
+        if decision.verdict in (Verdict.REJECT, Verdict.DEFER):
+            self._log(request, decision, stage=stage)
+        return request, decision
 
     async def handle_MAIL(
         self,
@@ -294,9 +329,8 @@ class RelayPolicyHandler:
         if self.check_mail:
             probe = Envelope()
             probe.mail_from = address
-            request, decision = self.decide(server, session, probe, MAIL_PROBE_RECIPIENT)
+            _, decision = self.decide(server, session, probe, MAIL_PROBE_RECIPIENT, stage="MAIL")
             if decision.verdict in (Verdict.REJECT, Verdict.DEFER):
-                self._log(request, decision, stage="MAIL")
                 return decision.reply
         hook = self._inner_hook("handle_MAIL")
         if hook is not None:
@@ -311,11 +345,7 @@ class RelayPolicyHandler:
         address: str,
         rcpt_options: list[str],
     ) -> Any:
-        request, decision = self.decide(server, session, envelope, address)
-        if decision.verdict is Verdict.NEXT:  # no opinion is not permission
-            assert request is not None  # a missing request is a DEFER
-            decision = relay_access_denied(request, _NAME, "no-opinion")
-        self._log(request, decision)
+        _, decision = self.decide(server, session, envelope, address)
         if decision.verdict in (Verdict.REJECT, Verdict.DEFER):
             return decision.reply
         hook = self._inner_hook("handle_RCPT")
@@ -325,11 +355,10 @@ class RelayPolicyHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return decision.reply
 
-    def _log(self, request: Request | None, decision: Decision, stage: str = "RCPT") -> None:
-        if request is None or not decisions_log.isEnabledFor(logging.INFO):
+    def _log(self, request: Request, decision: Decision, stage: str) -> None:
+        if not decisions_log.isEnabledFor(logging.INFO):
             return
-        recipient = "" if stage == "MAIL" else request.recipient
-        extra = {"recipient": recipient}
+        extra = {"recipient": ""}  # the MAIL check's recipient is not the client's
         if self.log_format == "json":
             extra.update(login=request.sasl_username, stage=stage)
         message, args = decision_line(request, decision, json=self.log_format == "json", **extra)

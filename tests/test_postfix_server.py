@@ -75,7 +75,7 @@ def test_answers_many_requests_on_one_connection() -> None:
             )
             writer.close()
             assert server.counters["requests"] == 6
-            assert server.counters["reason:routing"] == 1
+            assert server.stats()["reason:routing"] == 1
 
     run(scenario)
 
@@ -456,7 +456,7 @@ def test_one_log_line_per_decision(log_format: str, caplog: pytest.LogCaptureFix
     assert [r.levelno for r in records] == [logging.INFO, logging.INFO]
     # The record a plain decisions_log.info(...) in the server would make.
     assert {(r.funcName, Path(r.pathname).name) for r in records} == {
-        ("_log_decision", "server.py")
+        ("decide", "decisions.py")
     }
     lines = [r.getMessage() for r in records]
     if log_format == "text":

@@ -59,7 +59,7 @@ class PostfixFrontEnd:
         return waiting
 
     def stats(self) -> dict[str, object]:
-        return {**self.server.counters, "connections-open": self.server.connections}
+        return {**self.server.stats(), "connections-open": self.server.connections}
 
 
 class Service(Runtime):

@@ -183,7 +183,7 @@ class SmtpdFrontEnd:
         raise NotImplementedError("relaypolicy smtpd does not reload")
 
     def stats(self) -> dict[str, object]:
-        return {"listening": self.bound}
+        return {"listening": self.bound, **self.handler.decider.stats.as_stats()}
 
     def describe(self) -> str:
         """Where mail goes, in words, for the start-up log."""

@@ -40,15 +40,13 @@ import logging
 import os
 import socket
 import stat
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 
-from relaypolicy.model import Decision, Request
+from relaypolicy.decisions import Decider
 from relaypolicy.policies import Policy
 from relaypolicy.postfix.codec import (
     PolicyConnection,
@@ -57,14 +55,12 @@ from relaypolicy.postfix.codec import (
     decision_action,
     encode_action,
 )
-from relaypolicy.replies import CANNOT_EVALUATE, POLICY_ERROR
+from relaypolicy.replies import CANNOT_EVALUATE
 from relaypolicy.settings import parse_host_port
-from relaypolicy.text import decision_line
 
 __all__ = ["Listener", "PolicyServer", "ServerSettings", "parse_listener"]
 
 log = logging.getLogger("relaypolicy.serve")
-decisions_log = logging.getLogger("relaypolicy.decisions")
 
 
 @attrs.frozen
@@ -131,13 +127,36 @@ class PolicyServer:
     """Serve a policy to Postfix over any number of TCP and unix-socket listeners."""
 
     def __init__(self, policy: Policy, settings: ServerSettings | None = None) -> None:
-        self.policy = policy
-        self.settings = settings or ServerSettings()
+        self._settings = settings or ServerSettings()
+        self.decider = Decider(policy, log_format=self._settings.log_format)
         self.counters: Counter[str] = Counter()
         self._servers: list[asyncio.Server] = []
         self._connections: set[_PolicyProtocol] = set()
         self._unix_paths: list[str] = []
         self._closing = False
+
+    @property
+    def policy(self) -> Policy:
+        """What decides; a reload replaces it."""
+        return self.decider.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self.decider.policy = policy
+
+    @property
+    def settings(self) -> ServerSettings:
+        """The limits and actions; a reload replaces them (the listeners stay)."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: ServerSettings) -> None:
+        self._settings = settings
+        self.decider.log_format = settings.log_format
+
+    def stats(self) -> dict[str, float]:
+        """The server's counters and its decider's (see ``DecisionStats``)."""
+        return {**self.counters, **self.decider.stats.as_stats()}
 
     @property
     def connections(self) -> int:
@@ -214,49 +233,12 @@ class PolicyServer:
             self.counters["unusable"] += 1
             log.warning("%s: unusable request: %s", peer, exc)
             return encode_action(self.settings.unusable_action)
-        try:
-            decision = self.policy.check(request)
-        except Exception:
-            # A policy must not raise; if one does, fail closed and say so.
-            log.exception("%s: policy raised; answering with a temporary refusal", peer)
-            self.counters["policy-errors"] += 1
-            return encode_action(str(POLICY_ERROR))
-        self.counters[f"verdict:{decision.verdict.value}"] += 1
-        self.counters[f"reason:{decision.reason}"] += 1
-        self._log_decision(request, decision)
+        decision = self.decider.decide(request, peer=peer)
         return encode_action(
             decision_action(
                 decision, accept_action=self.settings.accept_action, recipient=request.recipient
             )
         )
-
-    def _log_decision(self, request: Request, decision: Decision) -> None:
-        if decisions_log.isEnabledFor(logging.INFO):
-            json = self.settings.log_format == "json"
-            _log_info(decisions_log, *decision_line(request, decision, json=json))
-
-
-def _log_info(logger: logging.Logger, message: str, args: tuple[Any, ...]) -> None:
-    """``logger.info(message, *args)`` for a caller that has checked the level already.
-
-    The same record (the caller's file, line and function included) through the same
-    handlers, without :meth:`logging.Logger.findCaller`'s walk up the stack, which costs
-    as much as formatting the line: this runs once per decision.
-    """
-    frame = sys._getframe(1)
-    code = frame.f_code
-    logger.handle(
-        logger.makeRecord(
-            logger.name,
-            logging.INFO,
-            code.co_filename,
-            frame.f_lineno,
-            message,
-            args,
-            None,
-            code.co_name,
-        )
-    )
 
 
 class _PolicyProtocol(asyncio.Protocol):
