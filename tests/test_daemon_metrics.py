@@ -5,6 +5,7 @@ policy requests and real log lines."""
 from __future__ import annotations
 
 import signal
+import smtplib
 import socket
 import subprocess
 import sys
@@ -137,18 +138,26 @@ def test_serve_metrics_count_the_decisions(serve: Callable[[str], Service]) -> N
     assert service.ctl("add", "127.0.0.21")["ok"] is True
 
     after = scrape(port)
-    assert value(after, "relaypolicy_decisions_total", verdict="accept") == 2
-    assert value(after, "relaypolicy_decisions_total", verdict="reject") == 1
-    assert value(after, "relaypolicy_decision_reasons_total", reason="local") == 2
-    assert value(after, "relaypolicy_decision_reasons_total", reason="not-local") == 1
-    assert (
-        sum(
-            sample
-            for (name, _), sample in after.items()
-            if name == "relaypolicy_decision_reasons_total"
-        )
-        == 3
+    decisions = {
+        labels: sample
+        for (name, labels), sample in after.items()
+        if name == "relaypolicy_decisions_total"
+    }
+    # By verdict, deciding policy (the configuration's step name) and reason, together.
+    assert decisions == {
+        (("policy", "local_domains"), ("reason", "local"), ("verdict", "accept")): 2,
+        (("policy", "local_domains"), ("reason", "not-local"), ("verdict", "reject")): 1,
+    }
+    # Each decision timed once; the buckets are cumulative and end in the count.
+    assert value(after, "relaypolicy_decision_duration_seconds_count") == 3
+    assert value(after, "relaypolicy_decision_duration_seconds_bucket", le="+Inf") == 3
+    assert 0 < value(after, "relaypolicy_decision_duration_seconds_sum") < 3
+    buckets = sorted(
+        (float(dict(labels)["le"]), sample)
+        for (name, labels), sample in after.items()
+        if name == "relaypolicy_decision_duration_seconds_bucket"
     )
+    assert [count for _, count in buckets] == sorted(count for _, count in buckets)
     assert value(after, "relaypolicy_policy_requests_total") == 4
     assert value(after, "relaypolicy_policy_other_states_total") == 1
     connections = value(after, "relaypolicy_connections_total")  # the start-up probe too
@@ -254,6 +263,7 @@ def test_every_metric_is_documented() -> None:
         f"relaypolicy_{simple.metric}" + ("_total" if simple.kind == "counter" else "")
         for simple in SIMPLE.values()
     ] + [f"relaypolicy_{metric}_total" for metric, _, _ in LABELLED.values()]
+    names.append("relaypolicy_decision_duration_seconds")
     missing = [name for name in names if f"| `{name}` |" not in chapter]
     assert not missing, f"not in docs/operations.md: {missing}"
 
@@ -261,7 +271,7 @@ def test_every_metric_is_documented() -> None:
 # --- relaypolicy smtpd ---------------------------------------------------------------------
 
 
-def test_smtpd_serves_the_table_metrics(tmp_path: Path) -> None:
+def test_smtpd_serves_the_table_and_decision_metrics(tmp_path: Path) -> None:
     pytest.importorskip("aiosmtpd")
     smtp_port, port = free_port(), free_port()
     config = tmp_path / "smtpd.toml"
@@ -291,6 +301,33 @@ def test_smtpd_serves_the_table_metrics(tmp_path: Path) -> None:
         )
         assert added.returncode == 0, added.stderr
         assert value(scrape(port), "relaypolicy_table_entries") == 1
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=SLOW) as client:
+            client.ehlo("client.example")
+            client.mail("sender@elsewhere.test")
+            assert client.rcpt("taro@example.org")[0] == 250
+            assert client.rcpt("friend@elsewhere.test")[0] == 554
+        after = scrape(port)
+        assert (
+            value(
+                after,
+                "relaypolicy_decisions_total",
+                verdict="accept",
+                policy="local_domains",
+                reason="local",
+            )
+            == 1
+        )
+        assert (
+            value(
+                after,
+                "relaypolicy_decisions_total",
+                verdict="reject",
+                policy="local_domains",
+                reason="not-local",
+            )
+            == 1
+        )
+        assert value(after, "relaypolicy_decision_duration_seconds_count") == 2
     finally:
         smtpd.send_signal(signal.SIGTERM)
         assert smtpd.wait(timeout=20) == 0, output.read_text()

@@ -5,9 +5,10 @@ Theory of operation
 Nothing is counted here: the counters already exist, for ``relaypolicy ctl stats``
 (the front end's, the runtime's, the table's, the watcher's, flattened into one mapping
 of ``name -> value``). :class:`StatsCollector` reads that mapping at scrape time and
-turns each known name into a metric (:data:`SIMPLE`, and the labelled families of
-:data:`LABELLED`); a name it does not know is left out, so a label set is always bounded
-by the code (verdicts) or the configuration (reasons are policy constants).
+turns each known name into a metric (:data:`SIMPLE`, the labelled families of
+:data:`LABELLED`, and the decision-latency histogram); a name it does not know is left
+out, so a label set is always bounded by the code (verdicts, reasons: policy constants)
+or the configuration (policies: its step names).
 
 The stats are read where they are written: the HTTP listener of ``prometheus_client``
 runs in its own thread, and the collector hands the read to the event loop
@@ -50,7 +51,8 @@ class Simple(NamedTuple):
 
 # stats key -> metric. The keys are those of `relaypolicy ctl stats` (docs/operations.md).
 SIMPLE: dict[str, Simple] = {
-    # The Postfix policy service (relaypolicy.postfix.server.PolicyServer.counters).
+    # The Postfix policy service (relaypolicy.postfix.server.PolicyServer.counters), and
+    # every front end's decider (relaypolicy.decisions.DecisionStats: policy-errors).
     "requests": Simple("policy_requests", "counter", "Policy delegation requests read."),
     "other-states": Simple(
         "policy_other_states", "counter", "Requests for a protocol state other than RCPT."
@@ -117,12 +119,23 @@ SIMPLE: dict[str, Simple] = {
     ),
 }
 
-# stats key prefix -> (metric, label, help): `verdict:accept` is
-# relaypolicy_decisions_total{verdict="accept"}.
-LABELLED: dict[str, tuple[str, str, str]] = {
-    "verdict:": ("decisions", "verdict", "Decisions, by verdict."),
-    "reason:": ("decision_reasons", "reason", "Decisions, by the reason the policy gave."),
+# stats key prefix -> (metric, labels, help): `decision:reject:local_domains:not-local` is
+# relaypolicy_decisions_total{verdict="reject",policy="local_domains",reason="not-local"}.
+# Policy names are the configuration's step names and reasons the policies' constants:
+# bounded label sets. (The keys `verdict:...` and `reason:...` of `ctl stats` are the same
+# counts summed; Prometheus sums by label, so they are not exposed twice.)
+LABELLED: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "decision:": (
+        "decisions",
+        ("verdict", "policy", "reason"),
+        "RCPT decisions, by verdict, deciding policy and reason.",
+    ),
 }
+
+# The decision latency histogram (relaypolicy.decisions.DecisionStats): its stats keys.
+HISTOGRAM_BUCKET = "decision-seconds-le:"
+HISTOGRAM_COUNT = "decision-seconds-count"
+HISTOGRAM_SUM = "decision-seconds-sum"
 
 
 class Stats(Protocol):
@@ -172,13 +185,42 @@ class StatsCollector:
                 yield CounterMetricFamily(name, simple.help, value=value)
             else:
                 yield GaugeMetricFamily(name, simple.help, value=value)
-        for prefix, (metric, label, text) in LABELLED.items():
-            family = CounterMetricFamily(PREFIX + metric, text, labels=[label])
+        for prefix, (metric, labels, text) in LABELLED.items():
+            family = CounterMetricFamily(PREFIX + metric, text, labels=list(labels))
             for key, raw in sorted(stats.items()):
                 value = _number(raw)
-                if key.startswith(prefix) and value is not None:
-                    family.add_metric([key[len(prefix) :]], value)
+                if not key.startswith(prefix) or value is None:
+                    continue
+                values = key[len(prefix) :].split(":", len(labels) - 1)
+                if len(values) == len(labels):
+                    family.add_metric(values, value)
             yield family
+        histogram = _histogram(stats)
+        if histogram is not None:
+            yield histogram
+
+
+def _histogram(stats: Mapping[str, object]) -> Metric | None:
+    """``relaypolicy_decision_duration_seconds`` from the stats' histogram keys, if any."""
+    from prometheus_client.core import HistogramMetricFamily
+
+    count = _number(stats.get(HISTOGRAM_COUNT))
+    total = _number(stats.get(HISTOGRAM_SUM))
+    if count is None or total is None:
+        return None
+    buckets: list[tuple[str, float]] = []
+    for key, raw in stats.items():
+        value = _number(raw)
+        if key.startswith(HISTOGRAM_BUCKET) and value is not None:
+            buckets.append((key[len(HISTOGRAM_BUCKET) :], value))
+    buckets.sort(key=lambda bucket: float(bucket[0]))
+    buckets.append(("+Inf", count))
+    return HistogramMetricFamily(
+        PREFIX + "decision_duration_seconds",
+        "Time the policy took to decide one RCPT, in seconds.",
+        buckets=buckets,
+        sum_value=total,
+    )
 
 
 class MetricsServer:
