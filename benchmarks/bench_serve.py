@@ -64,6 +64,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plot import Point, plot_connections
+
 TARGET_RATIO = 2.0  # relaypolicy / postfwd throughput, at TARGET_CONNECTIONS
 TARGET_P99_MS = 5.0
 TARGET_CONNECTIONS = 8
@@ -877,6 +879,13 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=8192, help="distinct requests in the pool")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="also draw throughput and p99 against connections, every server (needs the "
+        "bench extra: matplotlib)",
+    )
     args = parser.parse_args()
     try:
         counts = [int(c) for c in args.connections.split(",") if c.strip()]
@@ -959,6 +968,14 @@ def main() -> None:
             )
     report_targets(runs, [Path(p).name for p in postfwds])
     report_metrics_cost(runs)
+    if args.plot is not None:
+        plot_connections(
+            [Point(r.server, r.connections, r.rate, r.percentile_ms(0.99)) for r in runs],
+            args.plot,
+            f"relaypolicy serve beside postfwd: {os.cpu_count()} CPUs, "
+            f"{args.duration:g} s per point, Postfix 3.7 requests",
+        )
+        print(f"\nPicture: {args.plot}")
 
 
 if __name__ == "__main__":

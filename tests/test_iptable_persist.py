@@ -172,12 +172,28 @@ class Site:
         self.path = path
         self.clock = FakeClock(100.0)
         self.wall = FakeClock(WALL)
+        self.running: DurableTable | None = None
 
     def open(self, checkpoint_interval: float = 60.0) -> DurableTable:
+        """Start a "server" on the site. One still running is killed first, as a
+        process dies: no checkpoint, its descriptors (the journal, the lock) closed by
+        the kernel."""
+        if self.running is not None:
+            kill(self.running)
         table = ExpiringIpTable.load(self.path, TTL, clock=self.clock, wall_clock=self.wall)
-        return DurableTable.open(
+        self.running = DurableTable.open(
             table, str(self.path), checkpoint_interval=checkpoint_interval, wall_clock=self.wall
         )
+        return self.running
+
+
+def kill(durable: DurableTable) -> None:
+    """What a process's death does to its table: descriptors closed, nothing written."""
+    for name in ("_fd", "_lock_fd"):
+        fd = getattr(durable, name)
+        if fd >= 0:
+            os.close(fd)
+            setattr(durable, name, -1)
 
 
 @pytest.fixture
@@ -434,7 +450,7 @@ def test_stale_temporary_files_of_ours_are_removed_at_start(site: Site) -> None:
         (directory / name).write_text("left by a kill -9")
     site.open()
     left = sorted(p.name for p in directory.iterdir())
-    assert left == sorted([*others, "table.json", "table.json.journal"])
+    assert left == sorted([*others, "table.json", "table.json.journal", "table.json.lock"])
 
 
 def test_an_unwritable_directory_is_refused_at_start(tmp_path: Path) -> None:
@@ -457,3 +473,36 @@ def test_a_missing_directory_is_refused_at_start(tmp_path: Path) -> None:
     where = tmp_path / "no-such-directory" / "table.json"
     with pytest.raises(OSError, match="No such file or directory"):
         DurableTable.open(ExpiringIpTable(TTL), str(where))
+
+
+# --- one process per persist ----------------------------------------------------------
+
+
+def test_a_second_process_on_the_same_persist_is_refused_naming_it(site: Site) -> None:
+    first = site.open()
+    first.record("203.0.113.7", user="alice")
+    first.sync()
+    table = ExpiringIpTable.load(site.path, TTL, clock=site.clock, wall_clock=site.wall)
+    with pytest.raises(OSError) as caught:
+        DurableTable.open(table, str(site.path), wall_clock=site.wall)
+    message = str(caught.value)
+    assert message.startswith(f"{site.path}: in use by another relaypolicy process")
+    assert f"(pid {os.getpid()})" in message
+    # The refused start changed nothing: the first keeps its journal and its entry.
+    assert journal_ops(site) == [["r", "203.0.113.7", WALL + TTL, "alice"]]
+    first.close()
+    # Closed: the next process takes the table, with the entry.
+    again = DurableTable.open(
+        ExpiringIpTable.load(site.path, TTL, clock=site.clock, wall_clock=site.wall),
+        str(site.path),
+        wall_clock=site.wall,
+    )
+    assert [e.address for e in again.entries()] == ["203.0.113.7"]
+    again.close()
+
+
+def test_a_dead_process_leaves_no_lock_behind(site: Site) -> None:
+    site.open().record("203.0.113.7")
+    again = site.open()  # the first is killed: the kernel dropped its lock
+    assert again.entries() == []  # never synced: nothing was acknowledged
+    again.close()

@@ -14,6 +14,14 @@ before it answers).
 At start (:meth:`DurableTable.open`) the journal is replayed over the snapshot; since
 replaying is idempotent, a crash at any point of a checkpoint loses nothing.
 
+One process at a time: :meth:`DurableTable.open` takes an exclusive ``flock`` on
+``<persist>.lock`` (holding the owner's pid, for the message) and keeps it until
+:meth:`DurableTable.close`. A second process given the same ``persist`` (two services
+started from copies of one configuration) is refused at start, naming the path and the
+owner; without the lock each would truncate the other's journal at its checkpoints and
+logins acknowledged by one would be lost. The kernel drops the lock when its process dies,
+so a crash never leaves a stale lock behind.
+
 A checkpoint (:meth:`DurableTable.checkpoint`: on the sweep every ``checkpoint_interval``
 when something changed, and at stop) writes a new snapshot and starts an empty journal.
 The journal is renamed to ``<persist>.journal.old`` (or appended to it, when an earlier
@@ -31,6 +39,7 @@ own bound methods: the policy's hot path never touches the journal.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import stat
@@ -81,9 +90,12 @@ class DurableTable:
         *,
         checkpoint_interval: float = 60.0,
         wall_clock: Callable[[], float] = time.time,
+        lock_fd: int = -1,
     ) -> None:
-        """Use :meth:`open`: this expects the journal to exist and have been replayed."""
+        """Use :meth:`open`: this expects the journal to exist and have been replayed,
+        and ``persist``'s lock to be held on ``lock_fd``."""
         self.table = table
+        self._lock_fd = lock_fd
         self.persist = persist
         self.journal_path = persist + ".journal"
         self.old_path = persist + ".journal.old"
@@ -123,26 +135,38 @@ class DurableTable:
         journal.
 
         Raises :class:`TableFileError` for a damaged journal and :class:`OSError` (with a
-        one-line message naming the path) when the snapshot cannot be written there: a
-        missing or read-only directory is found at start, not at the first save.
+        one-line message naming the path) when the snapshot cannot be written there (a
+        missing or read-only directory is found at start, not at the first save) or when
+        another process holds ``persist`` (see the module docstring).
         """
         persist = os.fspath(persist)
         journal, old = persist + ".journal", persist + ".journal.old"
-        for path in (persist, journal):
-            for name in remove_stale_temps(path):
-                log.info("removed %s, left by a process killed while writing", name)
-        replayed = replay(table, old, wall_clock) + replay(table, journal, wall_clock)
-        if replayed:
-            log.info("replayed %d change(s) from the journal of %s", replayed, persist)
+        lock_fd = _lock(persist)
         try:
-            _write_snapshot(table, persist, wall_clock)
-            write_atomically(journal, HEADER_LINE, mode=0o600)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(old)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise OSError(f"{persist}: cannot keep the table's state here: {reason}") from None
-        return cls(table, persist, checkpoint_interval=checkpoint_interval, wall_clock=wall_clock)
+            for path in (persist, journal):
+                for name in remove_stale_temps(path):
+                    log.info("removed %s, left by a process killed while writing", name)
+            replayed = replay(table, old, wall_clock) + replay(table, journal, wall_clock)
+            if replayed:
+                log.info("replayed %d change(s) from the journal of %s", replayed, persist)
+            try:
+                _write_snapshot(table, persist, wall_clock)
+                write_atomically(journal, HEADER_LINE, mode=0o600)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(old)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise OSError(f"{persist}: cannot keep the table's state here: {reason}") from None
+            return cls(
+                table,
+                persist,
+                checkpoint_interval=checkpoint_interval,
+                wall_clock=wall_clock,
+                lock_fd=lock_fd,
+            )
+        except BaseException:
+            os.close(lock_fd)  # the lock goes with its descriptor
+            raise
 
     @staticmethod
     def _open_journal(path: str) -> int:
@@ -365,6 +389,36 @@ class DurableTable:
                 if self._fd >= 0:
                     os.close(self._fd)
                     self._fd = -1
+                if self._lock_fd >= 0:
+                    os.close(self._lock_fd)  # releases persist for the next process
+                    self._lock_fd = -1
+
+
+def _lock(persist: str) -> int:
+    """Take ``<persist>.lock`` for this process; its descriptor. Raises :class:`OSError`
+    naming the path (and the owner's pid, when it wrote one) when another process has it."""
+    path = persist + ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(f"{persist}: cannot keep the table's state here: {reason}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        by = f" (pid {owner})" if owner.isdigit() else ""
+        raise OSError(
+            f"{persist}: in use by another relaypolicy process{by}: give each process its "
+            "own pop_before_smtp.persist, or share the table through Redis (state)"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 def _rows(table: ExpiringIpTable, wall_clock: Callable[[], float]) -> list[Row]:
