@@ -35,6 +35,7 @@ def plot_connections(points: Iterable[Point], path: Path, title: str, unit: str 
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
     except ModuleNotFoundError:
         raise SystemExit(
             "--plot needs matplotlib: pip install -e '.[bench]' (or pip install matplotlib)"
@@ -44,6 +45,7 @@ def plot_connections(points: Iterable[Point], path: Path, title: str, unit: str 
     for point in points:
         by_server.setdefault(point.server, []).append(point)
     figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    measured = sorted({point.connections for rows in by_server.values() for point in rows})
     for server, rows in by_server.items():
         rows.sort(key=lambda point: point.connections)
         connections: Sequence[int] = [point.connections for point in rows]
@@ -51,15 +53,26 @@ def plot_connections(points: Iterable[Point], path: Path, title: str, unit: str 
         latency.plot(connections, [p.p99_ms for p in rows], marker="o", label=server)
     for axes in (throughput, latency):
         axes.set_xscale("log", base=2)
+        axes.set_xticks(measured, [str(count) for count in measured])
+        axes.set_yscale("log")  # a floor (a null server) and the servers on one picture
+        axes.yaxis.set_major_formatter(FuncFormatter(_plain))
+        axes.yaxis.set_minor_formatter(FuncFormatter(_two_and_five))
         axes.set_xlabel("connections")
-        axes.grid(True, which="both", alpha=0.3)
-    throughput.set_ylabel(unit)
-    throughput.set_ylim(bottom=0)
+        axes.grid(True, which="major", alpha=0.3)
+    throughput.set_ylabel(f"{unit} (log scale)")
     throughput.set_title("throughput (higher is better)")
-    latency.set_yscale("log")
-    latency.set_ylabel("p99 latency, ms")
+    latency.set_ylabel("p99 latency, ms (log scale)")
     latency.set_title("p99 latency (lower is better)")
     throughput.legend(fontsize="small")
     figure.suptitle(title, fontsize="medium")
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _plain(value: float, _: object) -> str:
+    return f"{value:,.6g}"
+
+
+def _two_and_five(value: float, _: object) -> str:
+    """Label the minor ticks 2 and 5 of each decade only: readable, not crowded."""
+    return _plain(value, _) if f"{value:.0e}"[0] in "25" else ""

@@ -556,3 +556,36 @@ def test_a_second_service_on_the_same_persist_is_refused_and_the_first_keeps_it(
         assert first.wait(timeout=30) == 0, tail(log)
     # The first saved its table, the acknowledged add in it, untouched by the second.
     assert "203.0.113.9" in Path(persist).read_text()
+
+
+def test_check_with_the_config_sees_what_the_service_acknowledged(tmp_path: Path) -> None:
+    """``relaypolicy check --config`` reads the journal too: an ``add`` answered a moment
+    ago is in the journal only (the next snapshot is up to a minute away)."""
+    persist = str(tmp_path / "table.json")
+    service = start_service(
+        tmp_path,
+        f"""
+[domains]
+local = ["example.org"]
+
+[pop_before_smtp]
+persist = "{persist}"
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+""",
+    )
+    check = [
+        sys.executable, "-m", "relaypolicy", "check", "--config", str(service.config),
+        "--client-address", "203.0.113.9", "--recipient", "friend@elsewhere.test",
+    ]  # fmt: skip
+    try:
+        before = subprocess.run(check, capture_output=True, text=True, timeout=60, check=False)
+        assert before.returncode == 1, before.stdout + before.stderr  # reject
+        assert service.ctl("add", "203.0.113.9")["ok"] is True
+        assert "203.0.113.9" not in Path(persist).read_text()  # not in the snapshot yet
+        after = subprocess.run(check, capture_output=True, text=True, timeout=60, check=False)
+        assert after.returncode == 0, after.stdout + after.stderr  # accept: POP login
+        assert "pop-before-smtp" in after.stdout
+    finally:
+        assert service.stop() == 0

@@ -25,7 +25,7 @@ from relaypolicy.fleet import ReplicaTable
 from relaypolicy.fleet.urls import parse_state_url
 from relaypolicy.iptable import ExpiringIpTable
 from relaypolicy.iptable.base import IpTable, ManagedTable
-from relaypolicy.iptable.durable import DurableTable
+from relaypolicy.iptable.durable import DurableTable, replay_journals
 from relaypolicy.model import Verdict
 from relaypolicy.networks import NetworkSet
 from relaypolicy.policies import FirstMatch, Policy
@@ -130,8 +130,8 @@ class Config:
         journal is replayed, a fresh snapshot written, and every change journalled from
         then on; an unusable ``persist`` raises :class:`OSError` or
         :class:`~relaypolicy.errors.TableFileError` here. Without ``durable`` the snapshot
-        is only read (``relaypolicy check``). With ``load=False`` a memory table stands in,
-        and nothing is read, connected or imported.
+        and its journal are only read (``relaypolicy check``). With ``load=False`` a
+        memory table stands in, and nothing is read, connected or imported.
         """
         if self.pop is None:
             return None
@@ -149,7 +149,10 @@ class Config:
             table = ExpiringIpTable.load(
                 pop.persist, pop.ttl, max_entries=pop.max_entries, ipv6_prefix=pop.ipv6_prefix
             )
-            return DurableTable.open(table, pop.persist) if durable else table
+            if durable:
+                return DurableTable.open(table, pop.persist)
+            replay_journals(table, pop.persist)  # what the service acknowledged since
+            return table
         return ExpiringIpTable(pop.ttl, max_entries=pop.max_entries, ipv6_prefix=pop.ipv6_prefix)
 
     def describe(self) -> str:

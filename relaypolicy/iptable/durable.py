@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from relaypolicy.iptable.memory import ExpiringIpTable
     from relaypolicy.model import Request
 
-__all__ = ["DurableTable"]
+__all__ = ["DurableTable", "replay_journals"]
 
 log = logging.getLogger("relaypolicy.table")
 
@@ -146,7 +146,7 @@ class DurableTable:
             for path in (persist, journal):
                 for name in remove_stale_temps(path):
                     log.info("removed %s, left by a process killed while writing", name)
-            replayed = replay(table, old, wall_clock) + replay(table, journal, wall_clock)
+            replayed = replay_journals(table, persist, wall_clock)
             if replayed:
                 log.info("replayed %d change(s) from the journal of %s", replayed, persist)
             try:
@@ -392,6 +392,18 @@ class DurableTable:
                 if self._lock_fd >= 0:
                     os.close(self._lock_fd)  # releases persist for the next process
                     self._lock_fd = -1
+
+
+def replay_journals(
+    table: ExpiringIpTable, persist: str, wall_clock: Callable[[], float] = time.time
+) -> int:
+    """Apply the journals of ``persist`` (``.journal.old``, then ``.journal``) to ``table``,
+    which holds its snapshot; how many changes there were. Only reads: what a process that
+    merely looks at the table (``relaypolicy check --config``) needs to see what the
+    running service acknowledged. Raises :class:`TableFileError` for a damaged journal."""
+    return replay(table, persist + ".journal.old", wall_clock) + replay(
+        table, persist + ".journal", wall_clock
+    )
 
 
 def _lock(persist: str) -> int:
