@@ -361,3 +361,23 @@ def test_postfix_texthash_and_cidr_maps_read_by_real_postmap(
     assert query(binary, config, f"cidr:{cidr}", "2001:db8:1:2::99") == "OK"
     assert query(binary, config, f"cidr:{cidr}", "2001:db8:1:3::99") is None
     assert query(binary, config, f"cidr:{cidr}", "192.0.2.7") == "OK"
+
+
+def test_temporaries_a_killed_process_left_are_removed_at_the_first_write(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "relay"
+    ours = [".relay.k3j_9x2a.tmp", ".relay.abcdefgh.tmp"]  # write_temp's own pattern
+    others = [".relay.toolong123.tmp", ".other.abcdefgh.tmp", "relay.tmp"]
+    for name in ours + others:
+        (tmp_path / name).write_text("left by a kill -9 between write and rename")
+    exporter = Exporter(path, "plain", clock=clock)
+    exporter.update(entries("192.0.2.1"))
+    assert exporter.maybe_write()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "relay"])
+    # Once only: a temporary appearing later is another writer's, in flight.
+    (tmp_path / ours[0]).write_text("in flight")
+    exporter.update(entries("192.0.2.2"))
+    clock.advance(exporter.interval)
+    assert exporter.maybe_write()
+    assert (tmp_path / ours[0]).exists()

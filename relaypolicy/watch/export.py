@@ -62,7 +62,13 @@ from collections.abc import Callable, Iterable
 from os import PathLike
 from typing import TYPE_CHECKING, NamedTuple
 
-from relaypolicy._files import fsync_directory, fsync_path, write_atomically, write_temp
+from relaypolicy._files import (
+    fsync_directory,
+    fsync_path,
+    remove_stale_temps,
+    write_atomically,
+    write_temp,
+)
 from relaypolicy.errors import ExportError
 
 if TYPE_CHECKING:
@@ -232,6 +238,7 @@ class Exporter:
         "path",
         "postmap_config",
         "skipped",
+        "stale_removed",
         "writes",
     )
 
@@ -270,6 +277,7 @@ class Exporter:
         self.writes = 0
         self.errors = 0
         self.skipped = 0
+        self.stale_removed: bool = False  # the temporaries of a killed process, once
 
     def __repr__(self) -> str:
         kind = f"{self.format}, {self.map_type}" if self.map_type else self.format
@@ -337,6 +345,11 @@ class Exporter:
     def _write(self) -> None:
         data = self._wanted
         assert data is not None
+        if not self.stale_removed:
+            # Before this process's first write: what a process killed mid-write left.
+            for name in remove_stale_temps(self.path):
+                log.info("export: removed %s, left by a process killed while writing", name)
+            self.stale_removed = True
         if self._postmap is None:
             write_atomically(self.path, data, mode=self.mode)
         else:
