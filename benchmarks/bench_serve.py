@@ -973,7 +973,8 @@ def main() -> None:
             [Point(r.server, r.connections, r.rate, r.percentile_ms(0.99)) for r in runs],
             args.plot,
             f"relaypolicy serve beside postfwd: {os.cpu_count()} CPUs, "
-            f"{args.duration:g} s per point, Postfix 3.7 requests",
+            f"{args.duration:g} s per point, Postfix 3.7 requests"
+            + (f" (NOISY: {len(noisy)} of {len(runs)} points)" if noisy else ""),
         )
         print(f"\nPicture: {args.plot}")
 
