@@ -455,9 +455,7 @@ def test_one_log_line_per_decision(log_format: str, caplog: pytest.LogCaptureFix
     records = [r for r in caplog.records if r.name == "relaypolicy.decisions"]
     assert [r.levelno for r in records] == [logging.INFO, logging.INFO]
     # The record a plain decisions_log.info(...) in the server would make.
-    assert {(r.funcName, Path(r.pathname).name) for r in records} == {
-        ("decide", "decisions.py")
-    }
+    assert {(r.funcName, Path(r.pathname).name) for r in records} == {("decide", "decisions.py")}
     lines = [r.getMessage() for r in records]
     if log_format == "text":
         assert lines == [
