@@ -2,7 +2,7 @@
 
 The success and failure messages are real: observed from the Dovecot 2.3.19.1 installed
 here (log_path and syslog, marked "observed"), or quoted from the servers' sources and
-from logs their users published (cited in ``relaypolicy/watch/parsers.py``).
+from logs their users published (cited in ``relaypolicy/watch/parsers/``).
 """
 
 from __future__ import annotations

@@ -49,39 +49,38 @@ log's directory whose names start with the log's (``mail.log.1``,
 ``mail.log-20260101``; compressed ones are skipped), its rest is read, and then the new
 log from 0. Without a state file the log is read from its start (unless
 ``start_at_end``): logins from before the start still get what remains of their time.
+
+Where things are: one open file and the state file's record are in
+:mod:`~relaypolicy.watch.follow.source`, the steps that look at the path (rotation,
+truncation, recovery after a stop) in :mod:`~relaypolicy.watch.follow.rotation`; reading
+lines, saving the position and the asyncio loop are here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from os import PathLike
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from relaypolicy._files import remove_stale_temps
 from relaypolicy.watch.export import write_atomically
-
-if TYPE_CHECKING:
-    pass
+from relaypolicy.watch.follow.rotation import _Rotation
+from relaypolicy.watch.follow.source import _HEAD, _head, _Saved, _Source
+from relaypolicy.watch.follow.source import STATE_FORMAT as STATE_FORMAT
+from relaypolicy.watch.follow.source import STATE_VERSION as STATE_VERSION
 
 __all__ = ["MAX_LINE", "FilePosition", "LogFollower", "follow"]
 
 log = logging.getLogger("relaypolicy.watch")
 
 MAX_LINE = 64 * 1024
-STATE_FORMAT = "relaypolicy-follow"
-STATE_VERSION = 1
 _CHUNK = 64 * 1024
-_HEAD = 1024  # bytes of the file's start fingerprinted in the state file
-_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".lzma", ".Z", ".zip")
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 class FilePosition(NamedTuple):
@@ -92,106 +91,7 @@ class FilePosition(NamedTuple):
     offset: int
 
 
-class _Saved(NamedTuple):
-    """A position as the state file keeps it (see the module docstring)."""
-
-    device: int
-    inode: int
-    offset: int
-    skip: bool
-    head_length: int
-    head: str
-
-    @classmethod
-    def from_json(cls, document: object) -> _Saved | None:
-        if not isinstance(document, dict):
-            return None
-        if document.get("format") != STATE_FORMAT or document.get("version") != STATE_VERSION:
-            return None
-        numbers = [document.get(field) for field in ("device", "inode", "offset", "head_length")]
-        if not all(type(number) is int and number >= 0 for number in numbers):
-            return None
-        skip, head = document.get("skipping"), document.get("head")
-        if not isinstance(document.get("path"), str) or not isinstance(skip, bool):
-            return None
-        if not isinstance(head, str) or len(head) != 64:
-            return None
-        device, inode, offset, head_length = numbers
-        return cls(device, inode, offset, skip, head_length, head)  # type: ignore[arg-type]
-
-    def to_json(self, path: str) -> bytes:
-        document = {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "path": path,
-            "device": self.device,
-            "inode": self.inode,
-            "offset": self.offset,
-            "skipping": self.skip,
-            "head_length": self.head_length,
-            "head": self.head,
-        }
-        return (json.dumps(document) + "\n").encode("utf-8")
-
-
-def _head(fd: int, length: int) -> str:
-    """The fingerprint of a file: SHA-256 of its first ``length`` bytes."""
-    try:
-        data = os.pread(fd, length, 0) if length else b""
-    except OSError:
-        data = b"\x00unreadable"
-    return hashlib.sha256(data).hexdigest()
-
-
-class _Source:
-    """One open log file: what was read of it, and the start of an unfinished line."""
-
-    __slots__ = (
-        "device",
-        "eof",
-        "fd",
-        "head",
-        "inode",
-        "name",
-        "offset",
-        "pending",
-        "quiet_since",
-        "skip",
-    )
-
-    def __init__(self, fd: int, st: os.stat_result, name: str) -> None:
-        self.fd = fd
-        self.device = st.st_dev
-        self.inode = st.st_ino
-        self.name = name
-        self.offset = 0  # bytes read: the descriptor's position
-        self.pending = bytearray()  # read, but no newline yet
-        self.skip = False  # inside an overlong line: drop bytes up to its newline
-        self.eof = False
-        self.quiet_since = 0.0
-        self.head: tuple[int, str] | None = None  # (length, fingerprint), for the state
-
-    @property
-    def committed(self) -> int:
-        """The offset just after the last complete line (where a restart resumes)."""
-        return self.offset - len(self.pending)
-
-    def seek(self, offset: int) -> None:
-        os.lseek(self.fd, offset, os.SEEK_SET)
-        self.offset = offset
-        self.pending.clear()
-        self.skip = False
-        self.head = None
-
-
-def _byte_at(fd: int, offset: int) -> bytes:
-    try:
-        return os.pread(fd, 1, offset)
-    except OSError:
-        return b""
-
-
-class LogFollower:
+class LogFollower(_Rotation):
     """Complete new lines of the log at ``path``, through rotation, truncation and restarts.
 
     See the module docstring. ``poll()`` reads at most ``max_read`` bytes; when it stops
@@ -354,161 +254,6 @@ class LogFollower:
                 source.skip = True
             else:
                 pending += rest
-
-    # --- the path: rotation, truncation, disappearance --------------------------------
-
-    def _check_path(self, now: float) -> bool:
-        """Look at what the path names now; whether there is something new to read."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            if self._current is None and not self._recovered and self._saved is not None:
-                return self._recover_rotated(self._saved, now)
-            self._trouble(f"{self.path} is missing; waiting for it")
-            return False
-        except OSError as exc:
-            self._trouble(f"cannot stat {self.path}: {exc}")
-            return False
-        current = self._current
-        if current is not None and (st.st_dev, st.st_ino) == (current.device, current.inode):
-            self._problem = ""
-            return self._check_truncated(current)
-        source = self._open(self.path)
-        if source is None:
-            return False
-        self._problem = ""
-        if current is not None:
-            log.info("%s was rotated; reading the new file from the start", self.path)
-            current.quiet_since = now
-            self._draining.append(current)
-            self.rotations += 1
-        else:
-            self._position_first(source, now)
-        self._current = source
-        return True
-
-    def _check_truncated(self, source: _Source) -> bool:
-        """Start again from 0 if the file was truncated in place; whether it was."""
-        try:
-            size = os.fstat(source.fd).st_size
-        except OSError:
-            return False
-        if size >= source.offset and self._still_ours(source):
-            return False
-        log.info("%s was truncated; reading it from the start", source.name)
-        if source.pending:
-            self.incomplete += 1
-        source.seek(0)
-        self.truncations += 1
-        return True
-
-    def _still_ours(self, source: _Source) -> bool:
-        """Whether the byte before our position is the one we read there."""
-        if source.offset == 0 or source.skip:
-            return True
-        expected = source.pending[-1:] if source.pending else b"\n"
-        return _byte_at(source.fd, source.offset - 1) == expected
-
-    def _open(self, name: str) -> _Source | None:
-        try:
-            fd = os.open(name, _OPEN_FLAGS)
-        except OSError as exc:
-            self._trouble(f"cannot open {name}: {exc}")
-            return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            self._trouble(f"{name} is not a regular file")
-            return None
-        return _Source(fd, st, name)
-
-    def _position_first(self, source: _Source, now: float) -> None:
-        """Where to start in the first file opened: the saved position, or 0, or the end."""
-        saved = self._saved
-        if saved is None:
-            if self.start_at_end:
-                end = os.lseek(source.fd, 0, os.SEEK_END)
-                source.offset = end
-                source.skip = end > 0 and _byte_at(source.fd, end - 1) != b"\n"
-            return
-        if (source.device, source.inode) == (saved.device, saved.inode):
-            if self._resumable(source, saved):
-                source.seek(saved.offset)
-                source.skip = saved.skip
-            else:
-                # Truncated (copytruncate), or a new file given the inode that the
-                # rotation of ours freed: no other file can hold that inode now.
-                log.info(
-                    "%s was truncated or replaced while stopped; reading it from the start",
-                    self.path,
-                )
-                self.truncations += 1
-            return
-        if not self._recovered:
-            self._recover_rotated(saved, now)
-
-    def _resumable(self, source: _Source, saved: _Saved) -> bool:
-        """Whether ``source`` is the file of ``saved`` and still holds its position."""
-        if saved.offset > os.fstat(source.fd).st_size:
-            return False
-        if _head(source.fd, saved.head_length) != saved.head:
-            return False
-        return saved.skip or saved.offset == 0 or _byte_at(source.fd, saved.offset - 1) == b"\n"
-
-    def _recover_rotated(self, saved: _Saved, now: float) -> bool:
-        """Find the file we were reading when stopped, rotated since, to read its rest
-        first; whether it was found."""
-        self._recovered = True
-        name = self._find_by_inode(saved)
-        source = None if name is None else self._open(name)
-        if source is not None and (
-            (source.device, source.inode) != (saved.device, saved.inode)
-            or not self._resumable(source, saved)  # the inode was reused
-        ):
-            os.close(source.fd)
-            source = None
-        if source is None:
-            log.warning(
-                "%s was rotated while stopped and the old file was not found beside it; "
-                "lines written to it after the stop are not read",
-                self.path,
-            )
-            return False
-        source.seek(saved.offset)
-        source.skip = saved.skip
-        source.quiet_since = now
-        log.info("%s was rotated while stopped; reading the rest of %s first", self.path, name)
-        self._draining.append(source)
-        self.rotations += 1
-        return True
-
-    def _find_by_inode(self, saved: _Saved) -> str | None:
-        directory, base = os.path.split(self.path)
-        try:
-            entries = os.scandir(directory or ".")
-        except OSError:
-            return None
-        with entries:
-            for entry in entries:
-                name = entry.name
-                if name == base or not name.startswith(base) or name.endswith(_COMPRESSED):
-                    continue
-                with contextlib.suppress(OSError):
-                    st = entry.stat(follow_symlinks=False)
-                    if (st.st_dev, st.st_ino) == (saved.device, saved.inode):
-                        return entry.path
-        return None
-
-    def _retire(self, source: _Source) -> None:
-        if source.pending:
-            self.incomplete += 1  # a line its writer never finished
-        os.close(source.fd)
-        self._draining.remove(source)
-
-    def _trouble(self, message: str) -> None:
-        if message != self._problem:
-            self._problem = message
-            log.warning("%s", message)
 
     # --- state ------------------------------------------------------------------------
 
