@@ -343,7 +343,7 @@ class MilterConnection:
                 out.append(answer)
         del buffer[:start]
         if self.quit and buffer:
-            raise ProtocolError(f"{len(buffer)} bytes after QUIT")
+            raise ProtocolError("bytes after QUIT")
         return out
 
     def _packet(self, command: bytes, data: bytes) -> bytes | Recipient | None:
