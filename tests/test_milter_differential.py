@@ -109,17 +109,21 @@ def replies(
         cleanup.callback(service.stop)
         milter = start_milter(tmp_path_factory.mktemp("milter"), CONFIG)
         cleanup.callback(milter.stop)
-        common = {
-            "mydestination": MYDESTINATION,
-            "relay_domains": RELAY_DOMAINS,
-            "mynetworks": MYNETWORKS,
-        }
+
+        def like_the_corpus(extra: dict[str, str]) -> PostfixConfig:
+            return PostfixConfig(
+                mydestination=MYDESTINATION,
+                relay_domains=RELAY_DOMAINS,
+                mynetworks=MYNETWORKS,
+                extra=extra,
+            )
+
         gate = f"check_policy_service {{ {service.policy_service}, default_action=DEFER }}, reject"
         through_service = cleanup.enter_context(
-            running_postfix(PostfixConfig(**common, extra={"smtpd_relay_restrictions": gate}))
+            running_postfix(like_the_corpus({"smtpd_relay_restrictions": gate}))
         )
         through_milter = cleanup.enter_context(
-            running_postfix(PostfixConfig(**common, extra=postfix_milter_settings(milter.port)))
+            running_postfix(like_the_corpus(postfix_milter_settings(milter.port)))
         )
         results = []
         with (
