@@ -295,3 +295,18 @@ def test_milter_down_means_tempfail_never_a_relay(tmp_path: Path) -> None:
     finally:
         milter.stop()
     assert "stopping" in milter.log.read_text()
+
+
+def test_an_ipv6_client_reaches_the_milter_as_ipv6(stack: Stack) -> None:
+    """Postfix on ::1 sends CONNECT with family 6: the client is ::1, not trusted here."""
+    config = PostfixConfig(
+        mydestination=["local.test"],
+        host="::1",
+        # IPv4 too: the milter listens on 127.0.0.1.
+        extra={**postfix_milter_settings(stack.milter.port), "inet_protocols": "all"},
+    )
+    with running_postfix(config) as postfix:
+        assert ask(postfix, "::1", "v6@local.test").startswith("250")
+        assert ask(postfix, "::1", "v6@aho.jp") == "554 5.7.1 <v6@aho.jp>: Relay access denied"
+    line = stack.milter.wait_for_log(r"^.*recipient=<v6@aho\.jp>.*$").group(0)
+    assert "client=::1 " in line, line

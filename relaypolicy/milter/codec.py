@@ -283,6 +283,7 @@ class MilterConnection:
         "max_packet",
         "negotiated",
         "no_reply",
+        "packets",
         "quit",
         "version",
     )
@@ -298,6 +299,7 @@ class MilterConnection:
         self.version = 0
         self.no_reply = 0  # the SMFIP_NR_* bits agreed
         self.quit = False  # QUIT received: close after writing the answers
+        self.packets = 0  # complete packets received
         self._macros: dict[bytes, dict[str, str]] = {}
         self._connect: tuple[str, str, int] | None = None  # host name, address, port
         self._helo = ""
@@ -338,6 +340,7 @@ class MilterConnection:
             command = bytes(buffer[start + 4 : start + 5])
             payload = bytes(buffer[start + 5 : start + 4 + length])
             start += 4 + length
+            self.packets += 1
             answer = self._packet(command, payload)
             if answer is not None:
                 out.append(answer)
