@@ -73,8 +73,10 @@ def test_the_section_and_its_defaults() -> None:
             "max_connections": 50,
             "max_packet": 4096,
             "daemon_ports": {"MTA": 25, "MSA": 587},
+            "request_macros": False,
         }
     )
+    assert settings.request_macros is False
     assert settings.socket_mode == 0o660
     assert settings.daemon_ports == (("MTA", 25), ("MSA", 587))
     assert settings.max_packet == 4096
@@ -94,6 +96,7 @@ def test_the_section_and_its_defaults() -> None:
         ({"daemon_ports": {"MSA": 0}}, "milter.daemon_ports.MSA: expected an integer from 1"),
         ({"daemon_ports": [587]}, "milter.daemon_ports: expected a table"),
         ({"liste": ["x"]}, "milter.liste: unknown key"),
+        ({"request_macros": 1}, "milter.request_macros: expected true or false"),
     ],
 )
 def test_bad_settings_name_the_key(table: dict[str, object], message: str) -> None:

@@ -310,3 +310,23 @@ def test_an_ipv6_client_reaches_the_milter_as_ipv6(stack: Stack) -> None:
         assert ask(postfix, "::1", "v6@aho.jp") == "554 5.7.1 <v6@aho.jp>: Relay access denied"
     line = stack.milter.wait_for_log(r"^.*recipient=<v6@aho\.jp>.*$").group(0)
     assert "client=::1 " in line, line
+
+
+def test_the_milter_asks_postfix_for_its_macros(stack: Stack) -> None:
+    """A Postfix told nothing about macros (its default lists have no ``{daemon_port}``)
+    still sends the ones relaypolicy reads: it asks for them when negotiating
+    (``SMFIF_SETSYMLIST``). Shown by the port's chain applying, and a login counting."""
+    milter = stack.milter
+    settings = postfix_milter_settings(milter.port)
+    bare = {k: v for k, v in settings.items() if not k.startswith("milter_") or "action" in k}
+    assert "milter_connect_macros" not in bare
+    good = milter.config.read_text()
+    with contextlib.ExitStack() as cleanup:
+        config = PostfixConfig(mydestination=["local.test"], extra=bare)
+        postfix = cleanup.enter_context(running_postfix(config))
+        cleanup.callback(milter.ctl, "reload")
+        cleanup.callback(milter.config.write_text, good)
+        milter.config.write_text(good + f'\n[chain.ports]\n{postfix.port} = ["local_domains"]\n')
+        assert milter.ctl("reload")["ok"] is True
+        assert ask(postfix, TRUSTED, "bare@aho.jp").startswith("554 5.7.1")
+        assert ask(postfix, TRUSTED, "bare@local.test").startswith("250")

@@ -148,8 +148,11 @@ class _MilterProtocol(asyncio.Protocol):
 
     def __init__(self, server: MilterServer) -> None:
         self.server = server
+        settings = server.settings
         self.codec = MilterConnection(
-            max_packet=server.settings.max_packet, daemon_ports=server._daemon_ports
+            max_packet=settings.max_packet,
+            daemon_ports=server._daemon_ports,
+            request_macros=settings.request_macros,
         )
         self.peer = "?"
         self.transport: asyncio.Transport | None = None
