@@ -21,6 +21,7 @@ from relaypolicy.config.metrics import MetricsSettings, parse_metrics
 from relaypolicy.config.steps import STEPS, Step, check_needs, parse_chains
 from relaypolicy.domains import DomainSet
 from relaypolicy.errors import ConfigError, DomainError
+from relaypolicy.exim.settings import EximSettings, parse_exim
 from relaypolicy.fleet import ReplicaTable
 from relaypolicy.fleet.urls import parse_state_url
 from relaypolicy.iptable import ExpiringIpTable
@@ -104,6 +105,7 @@ class Config:
     log: LogSettings
     watch: WatchSettings | None = None
     metrics: MetricsSettings | None = None
+    exim: EximSettings | None = None  # [exim]: relaypolicy exim (Exim's readsocket)
 
     def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
@@ -259,6 +261,7 @@ SECTIONS = (
     "smtpd",
     "watch",
     "metrics",
+    "exim",
 )
 
 
@@ -315,6 +318,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         ),
         watch=_watch_settings(data, pop),
         metrics=parse_metrics(data["metrics"]) if "metrics" in data else None,
+        exim=parse_exim(data["exim"]) if "exim" in data else None,
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).

@@ -90,8 +90,9 @@ REQUEST_FIELDS = (
 #: The names a request may carry: the Request fields, and ``rcpt`` (required).
 FIELDS = frozenset((*REQUEST_FIELDS, "rcpt"))
 
-# Exim says "0" for a port it does not know ($sender_host_port of a local submission).
-_NO_PORT = frozenset({"", "0"})
+# Exim says "0" for a port it does not know ($sender_host_port of a local submission),
+# and "-1" for $received_port in a host-checking session (exim -bh).
+_NO_PORT = frozenset({"", "0", "-1"})
 
 
 class EximRequest:
