@@ -19,6 +19,7 @@ from relaypolicy.exim.codec import (
     FIELDS,
     MAX_LINE,
     EximConnection,
+    EximProtocolError,
     encode_answer,
     encode_request,
     parse_line,
@@ -302,3 +303,10 @@ def test_every_answer_is_one_printable_line_of_the_four_forms(decision: object) 
         assert body[5] == "5"
     if body.startswith("defer"):
         assert body[6] == "4"
+
+
+def test_the_requests_before_a_bad_line_are_carried_by_the_error() -> None:
+    good = line(client_address="127.0.0.1", rcpt="<a@b.c>")
+    with pytest.raises(EximProtocolError) as caught:
+        EximConnection().receive_data(good + good + b"garbage\n" + good)
+    assert [r.recipient for r in caught.value.completed] == ["a@b.c", "a@b.c"]

@@ -41,7 +41,12 @@ from relaypolicy.config import Config, load_config
 from relaypolicy.daemon.runtime import Runtime
 from relaypolicy.decisions import Decider
 from relaypolicy.errors import ConfigError, ProtocolError
-from relaypolicy.exim.codec import EximConnection, EximRequest, encode_answer
+from relaypolicy.exim.codec import (
+    EximConnection,
+    EximProtocolError,
+    EximRequest,
+    encode_answer,
+)
 from relaypolicy.exim.settings import EximSettings
 from relaypolicy.model import defer
 from relaypolicy.policies import Policy
@@ -184,7 +189,9 @@ class _EximProtocol(asyncio.Protocol):
         server = self.server
         try:
             requests = self.codec.receive_data(data)
-        except ProtocolError as exc:
+        except EximProtocolError as exc:
+            if exc.completed:  # the lines before the bad one are answered first
+                transport.write(b"".join([server.answer(r, self.peer) for r in exc.completed]))
             self._refuse(str(exc))
             return
         if requests:

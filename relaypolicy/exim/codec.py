@@ -57,6 +57,7 @@ __all__ = [
     "MAX_LINE",
     "VERSION",
     "EximConnection",
+    "EximProtocolError",
     "EximRequest",
     "encode_answer",
     "encode_request",
@@ -93,6 +94,15 @@ FIELDS = frozenset((*REQUEST_FIELDS, "rcpt"))
 # Exim says "0" for a port it does not know ($sender_host_port of a local submission),
 # and "-1" for $received_port in a host-checking session (exim -bh).
 _NO_PORT = frozenset({"", "0", "-1"})
+
+
+class EximProtocolError(ProtocolError):
+    """A :class:`ProtocolError` that also carries the requests completed before the bad
+    line (in the same chunk of bytes): they are answered before the refusal."""
+
+    def __init__(self, message: str, completed: list[EximRequest]) -> None:
+        super().__init__(message)
+        self.completed = completed
 
 
 class EximRequest:
@@ -232,14 +242,17 @@ class EximConnection:
         return bool(self._buffer)
 
     def receive_data(self, data: bytes) -> list[EximRequest]:
-        """Feed bytes; the requests whose lines they complete. Raises :class:`ProtocolError`."""
+        """Feed bytes; the requests whose lines they complete. Raises
+        :class:`EximProtocolError` (with the requests completed before the bad line)."""
         if self.failed is not None:
-            raise ProtocolError(f"connection already failed: {self.failed}")
+            raise EximProtocolError(f"connection already failed: {self.failed}", [])
+        completed: list[EximRequest] = []
         try:
-            return self._receive(data)
+            self._receive(data, completed)
         except ProtocolError as exc:
             self.failed = str(exc)
-            raise
+            raise EximProtocolError(str(exc), completed) from None
+        return completed
 
     def receive_eof(self) -> None:
         """The client half-closed; raises :class:`ProtocolError` for a line left without LF."""
@@ -247,21 +260,22 @@ class EximConnection:
             self.failed = f"connection closed in the middle of a line ({len(self._buffer)} bytes)"
             raise ProtocolError(self.failed)
 
-    def _receive(self, data: bytes) -> list[EximRequest]:
+    def _receive(self, data: bytes, completed: list[EximRequest]) -> None:
         buffer = self._buffer
         buffer += data
-        completed: list[EximRequest] = []
         start = 0
-        while (end := buffer.find(b"\n", start)) != -1:
-            if end - start > self.max_line:
-                break
-            completed.append(parse_line(bytes(buffer[start:end])))
-            start = end + 1
-        del buffer[:start]
+        try:
+            while (end := buffer.find(b"\n", start)) != -1:
+                if end - start > self.max_line:
+                    break
+                line = bytes(buffer[start:end])
+                start = end + 1
+                completed.append(parse_line(line))
+        finally:
+            del buffer[:start]
         line_end = buffer.find(b"\n")
         if (line_end if line_end != -1 else len(buffer)) > self.max_line:
             raise ProtocolError(f"line longer than {self.max_line} bytes")
-        return completed
 
 
 def _preview(raw: bytes, limit: int = 40) -> str:
