@@ -20,6 +20,7 @@ Debian-exim, which the daemon's children run as.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -37,8 +38,10 @@ from serve_process import Service
 
 __all__ = [
     "ACL_FILE",
+    "DEBIAN_ANCHOR",
     "MACROS_FILE",
     "EximInstance",
+    "debian_config",
     "exim_instance",
     "start_relaypolicy_exim",
 ]
@@ -116,6 +119,11 @@ class EximInstance:
     directory: Path
     config: Path
     port: int
+    relaypolicy_port: int
+
+    def with_config(self, config: Path) -> EximInstance:
+        """The same directories and ports with another configuration file."""
+        return dataclasses.replace(self, config=config)
 
     @property
     def mainlog(self) -> Path:
@@ -199,9 +207,59 @@ def exim_instance(relaypolicy_port: int, *, timeout: str = "5s") -> Iterator[Exi
         )
         for path in (config, directory / "relaypolicy-rcpt.acl"):
             os.chmod(path, 0o644)
-        yield EximInstance(binary, directory, config, port)
+        yield EximInstance(binary, directory, config, port, relaypolicy_port)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# Where docs/exim.md tells a Debian administrator to put the statements: right after the
+# first statement of acl_check_rcpt (local SMTP, no client address, is accepted by Debian).
+DEBIAN_ANCHOR = """acl_check_rcpt:
+
+  # Accept if the source is local SMTP (i.e. not over TCP/IP). We do this by
+  # testing for an empty sending host field.
+  accept
+    hosts = :
+    control = dkim_disable_verify
+"""
+# update-exim4.conf concatenates the split files in this order.
+_SPLIT_ORDER = ("main", "acl", "router", "transport", "retry", "rewrite", "auth")
+
+
+def debian_config(instance: EximInstance, kind: str) -> Path:
+    """Debian's own configuration (``unsplit``: exim4.conf.template; ``split``: conf.d,
+    concatenated as update-exim4.conf does) with the recipe of docs/exim.md: the macros
+    where debconf puts its own, the ``.include`` after :data:`DEBIAN_ANCHOR`. Returns the
+    file to pass to ``-C`` (see :meth:`EximInstance.with_config`)."""
+    etc = instance.binary.parent.parent.parent / "etc" / "exim4"
+    if kind == "unsplit":
+        text = (etc / "exim4.conf.template").read_text()
+    else:
+        parts = []
+        for section in _SPLIT_ORDER:
+            for path in sorted((etc / "conf.d" / section).iterdir()):
+                parts.append(path.read_text())
+        text = "\n".join(parts)
+    directory = instance.directory
+    debconf = (
+        "UPEX4CmacrosUPEX4C = 1\n"
+        "MAIN_LOCAL_DOMAINS = @:localhost:local.test\n"
+        "MAIN_RELAY_TO_DOMAINS = relay.test\n"
+        "MAIN_RELAY_NETS = 127.0.0.1\n"
+        "ETC_MAILNAME = mx.exim.test\n"
+        "DC_minimaldns = 1\n"
+        f"SPOOLDIR = {directory}/spool\n"
+        f"log_file_path = {directory}/log/%slog\n"
+        f"{macros_for(instance.relaypolicy_port, '5s')}\n"
+    )
+    assert text.count("UPEX4CmacrosUPEX4C = 1\n") == 1 and text.count(DEBIAN_ANCHOR) == 1
+    text = text.replace("UPEX4CmacrosUPEX4C = 1\n", debconf)
+    include = f"\n.include {directory}/relaypolicy-rcpt.acl\n"
+    text = text.replace(DEBIAN_ANCHOR, DEBIAN_ANCHOR + include)
+    config = directory / f"debian-{kind}.conf"
+    config.write_text(text)
+    os.chmod(config, 0o644)
+    return config
 
 
 def start_relaypolicy_exim(directory: Path, policy_config: str) -> Service:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from exim_instance import EximInstance, exim_instance, start_relaypolicy_exim
+from exim_instance import EximInstance, debian_config, exim_instance, start_relaypolicy_exim
 from postfix_instance import RcptSession, Reply
 from realservers import require_loopback_address, wait_until
 from serve_process import Service
@@ -246,6 +246,20 @@ def test_trusted_and_untrusted_clients_in_host_checking_mode(
         else:
             assert reply == expected_reply(decide(case, client)), (case, reply)
             assert reply.code == 554
+
+
+@pytest.mark.parametrize("kind", ["unsplit", "split"])
+def test_the_recipe_in_debians_own_configuration(exim: EximInstance, kind: str) -> None:
+    """docs/exim.md's Debian recipe, applied to Debian's exim4-config as shipped (the
+    template, and conf.d concatenated as update-exim4.conf does): relaypolicy decides."""
+    debian = exim.with_config(debian_config(exim, kind))
+    cases = [Case("user@local.test"), Case("user@aho.jp"), *map(Case, ROUTING_TRICKS)]
+    untrusted = rcpt_replies(debian, UNTRUSTED, cases)
+    assert untrusted[0].code == 250
+    for case, reply in zip(cases[1:], untrusted[1:], strict=True):
+        assert reply == expected_reply(decide(case)), (case, reply)
+    trusted = rcpt_replies(debian, TRUSTED, cases[:2])
+    assert [reply.code for reply in trusted] == [250, 250]
 
 
 def auth_plain(user: str) -> str:
