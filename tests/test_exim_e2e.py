@@ -262,6 +262,24 @@ def test_the_recipe_in_debians_own_configuration(exim: EximInstance, kind: str) 
     assert [reply.code for reply in trusted] == [250, 250]
 
 
+def test_no_opinion_lets_the_rest_of_the_acl_decide(tmp_path: Path) -> None:
+    """``next`` (a chain whose end is `otherwise = "next"`) falls through to the statements after the
+    recipe: the test configuration's own final deny."""
+    front = start_relaypolicy_exim(
+        tmp_path, policy(steps='["trusted_networks"]') + 'otherwise = "next"\n'
+    )
+    try:
+        with exim_instance(front.port) as exim:
+            untrusted = rcpt_replies(exim, UNTRUSTED, [Case("user@local.test")])
+            trusted = rcpt_replies(exim, TRUSTED, [Case("user@aho.jp")])
+        assert untrusted == [Reply(550, "5.7.1 relaypolicy had no opinion (test configuration)")], (
+            untrusted
+        )
+        assert trusted[0].code == 250
+    finally:
+        assert front.stop() == 0
+
+
 def auth_plain(user: str) -> str:
     return "AUTH PLAIN " + base64.b64encode(f"\0{user}\0secret".encode()).decode()
 
