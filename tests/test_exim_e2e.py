@@ -263,8 +263,8 @@ def test_the_recipe_in_debians_own_configuration(exim: EximInstance, kind: str) 
 
 
 def test_no_opinion_lets_the_rest_of_the_acl_decide(tmp_path: Path) -> None:
-    """``next`` (a chain whose end is `otherwise = "next"`) falls through to the statements after the
-    recipe: the test configuration's own final deny."""
+    """``next`` (a chain ending in ``otherwise = "next"``) falls through to the statements
+    after the recipe: the test configuration's own final deny."""
     front = start_relaypolicy_exim(
         tmp_path, policy(steps='["trusted_networks"]') + 'otherwise = "next"\n'
     )
