@@ -67,7 +67,7 @@ smtp_accept_max_nonmail_hosts =
 smtp_enforce_sync = false
 auth_advertise_hosts = *
 acl_smtp_rcpt = acl_check_rcpt
-
+{extra}
 {macros}
 
 begin acl
@@ -187,8 +187,11 @@ def parse_replies(stdout: str) -> list[Reply]:
 
 
 @contextlib.contextmanager
-def exim_instance(relaypolicy_port: int, *, timeout: str = "5s") -> Iterator[EximInstance]:
-    """A configured Exim whose ACL asks ``127.0.0.1:relaypolicy_port``; removed after."""
+def exim_instance(
+    relaypolicy_port: int, *, timeout: str = "5s", extra: str = ""
+) -> Iterator[EximInstance]:
+    """A configured Exim whose ACL asks ``127.0.0.1:relaypolicy_port``; removed after.
+    ``extra``: more main-section lines (TLS, say)."""
     require_root("Exim with a -C configuration file")
     binary = require_mta("usr/sbin/exim4")
     directory = Path(tempfile.mkdtemp(prefix="relaypolicy-exim-"))
@@ -202,7 +205,10 @@ def exim_instance(relaypolicy_port: int, *, timeout: str = "5s") -> Iterator[Exi
         config = directory / "exim.conf"
         config.write_text(
             _CONFIG.format(
-                directory=directory, port=port, macros=macros_for(relaypolicy_port, timeout)
+                directory=directory,
+                port=port,
+                extra=extra,
+                macros=macros_for(relaypolicy_port, timeout),
             )
         )
         for path in (config, directory / "relaypolicy-rcpt.acl"):

@@ -12,9 +12,15 @@ stopped or silent (Exim defers), and ``relaypolicy audit --smtp`` from 127.0.0.1
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
+import shutil
+import smtplib
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -445,6 +451,60 @@ def test_anything_but_a_well_formed_answer_is_a_deferral(answer: bytes | None) -
         assert replies[0].code == 451, replies
     finally:
         silent.close()
+
+
+def test_tls_and_a_client_certificate_reach_relaypolicy(tmp_path: Path, untrusted: str) -> None:
+    """STARTTLS with a client certificate: Exim sends $tls_in_ver, $tls_in_cipher,
+    $tls_in_peerdn and the certificate's SHA-256; a chain of client_certificate then
+    local_domains lets the listed certificate relay and nobody else."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("mx.exim.test", "127.0.0.1")
+    client = ca.issue_cert("client@relaypolicy.test", common_name="relaypolicy test client")
+    other = ca.issue_cert("other@relaypolicy.test")
+    # Exim's children run as Debian-exim: the files go where it can read them.
+    files = Path(tempfile.mkdtemp(prefix="relaypolicy-exim-tls-"))
+    os.chmod(files, 0o755)  # noqa: S103
+    server.cert_chain_pems[0].write_to_path(files / "server.pem")
+    server.private_key_pem.write_to_path(files / "server.key")
+    ca.cert_pem.write_to_path(files / "ca.pem")
+    for name in ("server.pem", "server.key", "ca.pem"):
+        os.chmod(files / name, 0o644)
+    der = ssl.PEM_cert_to_DER_cert(client.cert_chain_pems[0].bytes().decode())
+    fingerprint = hashlib.sha256(der).hexdigest()
+    front = start_relaypolicy_exim(
+        tmp_path,
+        policy(steps='["client_certificate", "local_domains"]')
+        + f'\n[client_certificates]\nfingerprints = ["{fingerprint}"]\n',
+    )
+    tls = (
+        f"tls_advertise_hosts = *\ntls_certificate = {files}/server.pem\n"
+        f"tls_privatekey = {files}/server.key\ntls_verify_certificates = {files}/ca.pem\n"
+        "tls_try_verify_hosts = *\n"
+    )
+
+    def ask(port: int, leaf: object | None) -> int:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        if leaf is not None:
+            leaf.configure_cert(context)  # type: ignore[attr-defined]
+        with smtplib.SMTP("127.0.0.1", port, source_address=(untrusted, 0)) as smtp:
+            smtp.ehlo("client.relaypolicy.test")
+            smtp.starttls(context=context)
+            smtp.ehlo("client.relaypolicy.test")
+            smtp.mail("a@aho.jp")
+            code, _ = smtp.rcpt("b@aho.jp")
+            return code
+
+    try:
+        with exim_instance(front.port, extra=tls) as instance, instance.daemon():
+            assert ask(instance.port, client) == 250
+            assert ask(instance.port, other) == 554
+            assert ask(instance.port, None) == 554
+        assert front.wait_for_log(r"verdict=ACCEPT policy=client_certificate")
+    finally:
+        shutil.rmtree(files, ignore_errors=True)
+        assert front.stop() == 0
 
 
 def test_audit_from_the_untrusted_address_finds_no_open_relay(
