@@ -202,6 +202,8 @@ class Config:
             steps_in_words(f"server port {port}", steps)
         steps_in_words("other ports" if self.ports else "every request", self.chain)
         lines.append(f"  listening on: {', '.join(self.serve.listen)}")
+        if self.exim is not None:
+            lines.append(f"  relaypolicy exim listening on: {', '.join(self.exim.listen)}")
         return "\n".join(lines)
 
 
