@@ -21,6 +21,7 @@ from relaypolicy.config.metrics import MetricsSettings, parse_metrics
 from relaypolicy.config.steps import STEPS, Step, check_needs, parse_chains
 from relaypolicy.domains import DomainSet
 from relaypolicy.errors import ConfigError, DomainError
+from relaypolicy.exim.settings import EximSettings, parse_exim
 from relaypolicy.fleet import ReplicaTable
 from relaypolicy.fleet.urls import parse_state_url
 from relaypolicy.iptable import ExpiringIpTable
@@ -106,6 +107,7 @@ class Config:
     watch: WatchSettings | None = None
     metrics: MetricsSettings | None = None
     milter: MilterSettings | None = None
+    exim: EximSettings | None = None  # [exim]: relaypolicy exim (Exim's readsocket)
 
     def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
@@ -205,6 +207,8 @@ class Config:
             steps_in_words(f"server port {port}", steps)
         steps_in_words("other ports" if self.ports else "every request", self.chain)
         lines.append(f"  listening on: {', '.join(self.serve.listen)}")
+        if self.exim is not None:
+            lines.append(f"  relaypolicy exim listening on: {', '.join(self.exim.listen)}")
         return "\n".join(lines)
 
 
@@ -265,6 +269,7 @@ SECTIONS = (
     "watch",
     "metrics",
     "milter",
+    "exim",
 )
 
 
@@ -322,6 +327,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         watch=_watch_settings(data, pop),
         metrics=parse_metrics(data["metrics"]) if "metrics" in data else None,
         milter=parse_milter(data["milter"]) if "milter" in data else None,
+        exim=parse_exim(data["exim"]) if "exim" in data else None,
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).
