@@ -1,5 +1,10 @@
 """Where a daemon listens: the listener specs every front end reads, and binding them.
 
+:class:`Listening` is what each server (the Postfix policy server, the milter server,
+Exim's socket) holds: it binds its listeners, and at close stops accepting, lets the
+connections send what they have, cuts off the ones that do not finish, and removes the
+unix sockets; :func:`peer_name` names a connection for the log.
+
 ``[serve] listen`` and ``[milter] listen`` take the same forms (:func:`parse_listener`):
 ``HOST:PORT``, ``inet:HOST:PORT``, ``[::1]:PORT`` and ``unix:/absolute/path``. Parsing is
 pure; :func:`bind` and :func:`remove_unix_sockets` are the only socket and file work here,
@@ -13,15 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 
-from relaypolicy.settings import parse_host_port
+from relaypolicy.settings import Section, parse_host_port
 
-__all__ = ["Listener", "bind", "parse_listener", "remove_unix_sockets"]
+__all__ = [
+    "Connection",
+    "Listener",
+    "Listening",
+    "bind",
+    "listen_settings",
+    "parse_listener",
+    "peer_name",
+    "remove_unix_sockets",
+]
 
 
 @attrs.frozen
@@ -55,6 +71,29 @@ def parse_listener(text: str, *, mode: int = 0o666) -> Listener:
     except ValueError as exc:
         raise ValueError(f"listener {text!r}: {exc}; or unix:/path") from None
     return Listener(host=host, port=port)
+
+
+def listen_settings(section: Section, default: str) -> tuple[tuple[str, ...], int]:
+    """A front end's ``listen`` (a list of :func:`parse_listener` specs, ``default`` when
+    absent) and ``socket_mode`` (an octal string, ``"0666"`` when absent), read from its
+    section; :class:`~relaypolicy.errors.ConfigError` names the key and the entry."""
+    listen = section.strings("listen", (default,))
+    if not listen:
+        raise section.error("listen", "expected at least one address")
+    for index, spec in enumerate(listen):
+        try:
+            parse_listener(spec)
+        except ValueError as exc:
+            raise section.error(f"listen[{index}]", str(exc)) from None
+    octal = 'an octal string such as "0660"'
+    mode_text = section.string("socket_mode", "0666", expected=octal)
+    try:
+        mode = int(mode_text, 8)
+    except ValueError:
+        raise section.error("socket_mode", f"expected {octal}") from None
+    if not 0 <= mode <= 0o777:
+        raise section.error("socket_mode", "expected a permission mode up to 0777")
+    return listen, mode
 
 
 async def bind(
@@ -92,3 +131,73 @@ def remove_unix_sockets(listeners: Iterable[Listener]) -> None:
         if listener.path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(listener.path)
+
+
+class Connection(Protocol):
+    """What :meth:`Listening.close` needs of a server's connection (its asyncio protocol)."""
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done when the connection is lost (``connection_lost``)."""
+        ...
+
+    def close(self) -> None:
+        """Close once what is written has gone out."""
+        ...
+
+    def abort(self) -> None:
+        """Close now, dropping what is not sent."""
+        ...
+
+
+class Listening:
+    """The listening sockets of one server: bound by :meth:`start`, closed by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+        self._unix: list[Listener] = []
+
+    async def start(
+        self, listeners: Sequence[Listener], protocol: Callable[[], asyncio.BaseProtocol]
+    ) -> list[str]:
+        """Bind every listener (see :func:`bind`); their addresses, with the real port for
+        port 0. Raises :class:`OSError` when one cannot be bound."""
+        bound: list[str] = []
+        for listener in listeners:
+            server, addresses = await bind(listener, protocol)
+            if listener.path:
+                self._unix.append(listener)
+            self.servers.append(server)
+            bound.extend(addresses)
+        return bound
+
+    async def close(self, connections: Collection[Connection], grace: float) -> None:
+        """Stop accepting; close ``connections`` (the server's live set) letting their
+        answers go out, abort those still open after ``grace`` seconds, then remove the
+        unix sockets."""
+        for server in self.servers:
+            server.close()
+        closing = list(connections)
+        for connection in closing:
+            connection.close()
+        if closing:
+            await asyncio.wait([c.closed for c in closing], timeout=grace)
+        stalled = list(connections)
+        for connection in stalled:
+            connection.abort()
+        if stalled:  # an aborted transport reports its loss on the next loop iteration
+            await asyncio.wait([c.closed for c in stalled], timeout=grace)
+        for server in self.servers:
+            await server.wait_closed()
+        remove_unix_sockets(self._unix)
+
+
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    """A connection's peer for the log: ``HOST:PORT``, or ``unix:PATH`` of our socket."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname() or '?'}"
+    return str(peer or "?")

@@ -24,8 +24,8 @@ import pytest
 from realservers import free_port, wait_for_port, wait_until
 
 from relaypolicy import FirstMatch, LocalDomainOnly, TrustedNetworks
-from relaypolicy.daemon.exim import EximServer
 from relaypolicy.exim.codec import encode_request
+from relaypolicy.exim.server import EximServer
 from relaypolicy.exim.settings import EximSettings
 from relaypolicy.model import Decision, Request, lookup_failure
 from relaypolicy.policies import Policy

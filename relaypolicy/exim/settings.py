@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import attrs
 
-from relaypolicy.errors import ConfigError
-from relaypolicy.settings import Section, parse_host_port
+from relaypolicy.listeners import listen_settings
+from relaypolicy.settings import Section
 
 __all__ = ["DEFAULT_LISTEN", "EXIM_KEYS", "EximSettings", "parse_exim"]
 
@@ -34,38 +34,10 @@ class EximSettings:
     max_connections: int = 200
 
 
-def _check_listener(spec: str) -> None:
-    """The listener syntax of ``[serve] listen``: ``HOST:PORT``, ``inet:...``, ``unix:/path``."""
-    text = spec.strip()
-    if text.startswith("unix:"):
-        if not text[5:].startswith("/"):
-            raise ValueError(f"listener {spec!r}: a unix socket path must be absolute")
-        return
-    try:
-        parse_host_port(text.removeprefix("inet:"))
-    except ValueError as exc:
-        raise ValueError(f"listener {spec!r}: {exc}; or unix:/path") from None
-
-
 def parse_exim(table: object) -> EximSettings:
     """Validate an ``[exim]`` table; :class:`ConfigError` names the key."""
     section = Section(table, "exim", EXIM_KEYS)
-    listen = section.strings("listen", (DEFAULT_LISTEN,))
-    if not listen:
-        raise section.error("listen", "expected at least one address")
-    for index, spec in enumerate(listen):
-        try:
-            _check_listener(spec)
-        except ValueError as exc:
-            raise ConfigError(f"exim.listen[{index}]: {exc}") from None
-    octal = 'an octal string such as "0660"'
-    mode_text = section.string("socket_mode", "0666", expected=octal)
-    try:
-        mode = int(mode_text, 8)
-    except ValueError:
-        raise section.error("socket_mode", f"expected {octal}") from None
-    if not 0 <= mode <= 0o777:
-        raise section.error("socket_mode", "expected a permission mode up to 0777")
+    listen, mode = listen_settings(section, DEFAULT_LISTEN)
     return EximSettings(
         listen=listen,
         socket_mode=mode,

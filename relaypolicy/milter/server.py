@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import Counter
 from collections.abc import Sequence
 
 from relaypolicy.decisions import Decider
-from relaypolicy.listeners import Listener, bind, remove_unix_sockets
+from relaypolicy.listeners import Listener, Listening, peer_name
 from relaypolicy.milter.codec import (
     MilterConnection,
     ProtocolError,
@@ -57,9 +56,8 @@ class MilterServer:
         self._settings = settings or MilterSettings()
         self.decider = Decider(policy, log_format=self._settings.log_format)
         self.counters: Counter[str] = Counter()
-        self._servers: list[asyncio.Server] = []
+        self._listening = Listening()
         self._connections: set[_MilterProtocol] = set()
-        self._unix_listeners: list[Listener] = []
         self._closing = False
         self._daemon_ports = dict(self._settings.daemon_ports)
 
@@ -93,14 +91,7 @@ class MilterServer:
 
     async def start(self, listeners: Sequence[Listener]) -> list[str]:
         """Bind every listener; their addresses (with the real port for port 0)."""
-        bound: list[str] = []
-        for listener in listeners:
-            server, addresses = await bind(listener, self._protocol)
-            if listener.path:
-                self._unix_listeners.append(listener)
-            self._servers.append(server)
-            bound.extend(addresses)
-        return bound
+        return await self._listening.start(listeners, self._protocol)
 
     def _protocol(self) -> _MilterProtocol:
         return _MilterProtocol(self)
@@ -109,18 +100,7 @@ class MilterServer:
         """Stop listening and close every connection (answers already written go out
         first; a peer that does not take them within ``grace`` seconds is cut off)."""
         self._closing = True
-        for server in self._servers:
-            server.close()
-        connections = list(self._connections)
-        for connection in connections:
-            connection.close()
-        if connections:
-            await asyncio.wait([c.closed for c in connections], timeout=grace)
-        for connection in list(self._connections):
-            connection.abort()
-        for server in self._servers:
-            await server.wait_closed()
-        remove_unix_sockets(self._unix_listeners)
+        await self._listening.close(self._connections, grace)
 
     def answer(self, recipient: Recipient, peer: str) -> bytes:
         """The answer to one ``RCPT``: the decision's, or a temporary refusal."""
@@ -165,7 +145,7 @@ class _MilterProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         server = self.server
-        self.peer = _peer_name(transport)
+        self.peer = peer_name(transport)
         if server._closing:
             server.counters["connections-refused"] += 1
             transport.close()
@@ -276,13 +256,3 @@ class _MilterProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _peer_name(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname() or '?'}"
-    return str(peer or "?")

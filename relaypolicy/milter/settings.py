@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from relaypolicy.errors import ConfigError
-from relaypolicy.listeners import parse_listener
+from relaypolicy.listeners import listen_settings
 from relaypolicy.milter.codec import MAX_PACKET
 from relaypolicy.settings import Section
 
@@ -61,22 +60,7 @@ class MilterSettings:
 def parse_milter(table: object) -> MilterSettings:
     """Validate a ``[milter]`` table; :class:`ConfigError` names the key."""
     section = Section(table, "milter", MILTER_KEYS)
-    listen = section.strings("listen", ("127.0.0.1:9997",))
-    if not listen:
-        raise section.error("listen", "expected at least one address")
-    for index, spec in enumerate(listen):
-        try:
-            parse_listener(spec)
-        except ValueError as exc:
-            raise ConfigError(f"milter.listen[{index}]: {exc}") from None
-    octal = 'an octal string such as "0660"'
-    mode_text = section.string("socket_mode", "0666", expected=octal)
-    try:
-        mode = int(mode_text, 8)
-    except ValueError:
-        raise section.error("socket_mode", f"expected {octal}") from None
-    if not 0 <= mode <= 0o777:
-        raise section.error("socket_mode", "expected a permission mode up to 0777")
+    listen, mode = listen_settings(section, "127.0.0.1:9997")
     daemon_ports: list[tuple[str, int]] = []
     raw = section.table.get("daemon_ports")
     if raw is not None:

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import Counter
 from collections.abc import Sequence
 
 import attrs
 
 from relaypolicy.decisions import Decider
-from relaypolicy.listeners import Listener, bind, parse_listener, remove_unix_sockets
+from relaypolicy.listeners import Listener, Listening, parse_listener, peer_name
 from relaypolicy.policies import Policy
 from relaypolicy.postfix.codec import (
     PolicyConnection,
@@ -93,9 +92,8 @@ class PolicyServer:
         self._settings = settings or ServerSettings()
         self.decider = Decider(policy, log_format=self._settings.log_format)
         self.counters: Counter[str] = Counter()
-        self._servers: list[asyncio.Server] = []
+        self._listening = Listening()
         self._connections: set[_PolicyProtocol] = set()
-        self._unix_listeners: list[Listener] = []
         self._closing = False
 
     @property
@@ -127,14 +125,7 @@ class PolicyServer:
 
     async def start(self, listeners: Sequence[Listener]) -> list[str]:
         """Bind every listener; returns their addresses (with the real port for port 0)."""
-        bound: list[str] = []
-        for listener in listeners:
-            server, addresses = await bind(listener, self._protocol)
-            if listener.path:
-                self._unix_listeners.append(listener)
-            bound.extend(addresses)
-            self._servers.append(server)
-        return bound
+        return await self._listening.start(listeners, self._protocol)
 
     def _protocol(self) -> _PolicyProtocol:
         return _PolicyProtocol(self)
@@ -147,21 +138,7 @@ class PolicyServer:
         peer that has not read them after ``grace`` seconds is cut off.
         """
         self._closing = True
-        for server in self._servers:
-            server.close()
-        connections = list(self._connections)
-        for connection in connections:
-            connection.close()
-        if connections:
-            await asyncio.wait([c.closed for c in connections], timeout=grace)
-        stalled = list(self._connections)
-        for connection in stalled:
-            connection.abort()
-        if stalled:  # an aborted transport reports its loss on the next loop iteration
-            await asyncio.wait([c.closed for c in stalled], timeout=grace)
-        for server in self._servers:
-            await server.wait_closed()
-        remove_unix_sockets(self._unix_listeners)
+        await self._listening.close(self._connections, grace)
 
     def _answer(self, message: PolicyRequest, peer: str) -> bytes:
         self.counters["requests"] += 1
@@ -208,7 +185,7 @@ class _PolicyProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         server = self.server
-        self.peer = _peer_name(transport)
+        self.peer = peer_name(transport)
         connections = server._connections
         if server._closing:
             server.counters["connections-refused"] += 1
@@ -360,13 +337,3 @@ class _PolicyProtocol(asyncio.Protocol):
 
 def _last_answer(connection: _PolicyProtocol) -> float:
     return connection._last_answer
-
-
-def _peer_name(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family == socket.AF_UNIX:
-        return f"unix:{sock.getsockname() or '?'}"
-    return str(peer or "?")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from relaypolicy.errors import ConfigError
-from relaypolicy.postfix.server import ServerSettings, parse_listener
+from relaypolicy.listeners import listen_settings
+from relaypolicy.postfix.server import ServerSettings
 from relaypolicy.settings import Section
 
 __all__ = ["SERVE_KEYS", "parse_serve"]
@@ -23,22 +23,7 @@ SERVE_KEYS = (
 def parse_serve(table: object) -> ServerSettings:
     """Validate a ``[serve]`` table; :class:`ConfigError` names the key."""
     section = Section(table, "serve", SERVE_KEYS)
-    listen = section.strings("listen", ("127.0.0.1:9998",))
-    if not listen:
-        raise section.error("listen", "expected at least one address")
-    for index, spec in enumerate(listen):
-        try:
-            parse_listener(spec)
-        except ValueError as exc:
-            raise ConfigError(f"serve.listen[{index}]: {exc}") from None
-    octal = 'an octal string such as "0660"'
-    mode_text = section.string("socket_mode", "0666", expected=octal)
-    try:
-        mode = int(mode_text, 8)
-    except ValueError:
-        raise section.error("socket_mode", f"expected {octal}") from None
-    if not 0 <= mode <= 0o777:
-        raise section.error("socket_mode", "expected a permission mode up to 0777")
+    listen, mode = listen_settings(section, "127.0.0.1:9998")
     return ServerSettings(
         listen=listen,
         socket_mode=mode,
