@@ -11,7 +11,7 @@ Every path Sendmail writes or reads is in that directory: the queue, the pid fil
 statistics file, the help file, the hosts file and the service switch (``hosts files``, so
 no DNS), the ``-X`` trace of every SMTP line. The alias file is empty (no aliases).
 
-Two things cannot be set in ``sendmail.cf``; both are set in private namespaces
+Three things cannot be set in ``sendmail.cf``; they are set in private namespaces
 (``unshare --uts --mount``, so the system is untouched):
 
 - the host name. Before it reads its configuration, Sendmail looks its own name up, and
@@ -21,7 +21,12 @@ Two things cannot be set in ``sendmail.cf``; both are set in private namespaces
 - the C library's name service. Sendmail resolves the client's address with the C
   library, which reads ``/etc/nsswitch.conf`` and would ask DNS. A private ``hosts`` and a
   ``nsswitch.conf`` that says ``hosts: files`` are bind-mounted over the system's in a
-  private mount namespace (private propagation: the system's files are not changed).
+  private mount namespace (private propagation: the system's files are not changed);
+- with ``sasl_users``, Cyrus SASL's configuration. libsasl2 reads ``Sendmail.conf`` from
+  ``/etc/sasl2``, ``/etc/sasl``, ``/usr/lib/x86_64-linux-gnu/sasl2`` or ``/usr/lib/sasl2``
+  (Sendmail passes the environment on to none of them), so a private directory holding a
+  ``Sendmail.conf`` (``auxprop`` against a private sasldb written with ``saslpasswd2``)
+  is bind-mounted over ``/usr/lib/sasl2``.
 
 Nothing can leave: ``DeliveryMode=queue`` (a message is only queued), no queue runner
 (``-bD`` without ``-q``) and :func:`ask` never sends DATA. ``DeliveryMode=queue`` also
@@ -51,8 +56,8 @@ import signal
 import smtplib
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -99,16 +104,22 @@ MILTER_MACROS: dict[str, str] = {
 # Bind-mounted over /etc/nsswitch.conf inside the daemon's mount namespace.
 _NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
 
-# Run inside `unshare --uts --mount`: $1 hosts, $2 nsswitch.conf, $3 host name, then the
-# sendmail command line. exec keeps the pid: the test's Popen is the daemon itself.
+# Run inside `unshare --uts --mount`: $1 hosts, $2 nsswitch.conf, $3 host name, $4 a SASL
+# configuration directory or "", then the sendmail command line. exec keeps the pid: the
+# test's Popen is the daemon itself.
 _NAMESPACE_SCRIPT = """\
 set -e
 mount --bind "$1" /etc/hosts
 mount --bind "$2" /etc/nsswitch.conf
 hostname "$3"
-shift 3
+if [ -n "$4" ]; then mount --bind "$4" /usr/lib/sasl2; fi
+shift 4
 exec "$@"
 """
+
+# Where libsasl2 looks for Sendmail.conf last (it exists: libsasl2-2 ships it).
+SASL_CONFIG_DIR = Path("/usr/lib/sasl2")
+SASL_MECHANISMS = "PLAIN LOGIN CRAM-MD5"
 
 
 @dataclass(frozen=True)
@@ -120,7 +131,10 @@ class SendmailConfig:
     ``milter``: the ``S=`` socket of ``INPUT_MAIL_FILTER`` (``inet:PORT@127.0.0.1``), or
     ``None`` for no milter. ``milter_flags`` ``"T"``: temporary failure when the filter
     cannot be reached or fails (the only safe choice; ``"R"`` would reject, ``""`` would
-    carry on as if there were no filter). ``extra`` is appended to the ``.mc`` verbatim.
+    carry on as if there were no filter). ``sasl_users``: SMTP AUTH (``PLAIN``, ``LOGIN``,
+    ``CRAM-MD5``) for these user names and passwords, in the realm ``hostname``;
+    ``trust_auth``: Sendmail itself lets them relay (``TRUST_AUTH_MECH``). ``extra`` is
+    appended to the ``.mc`` verbatim.
     """
 
     local_domains: Sequence[str] = ("local.test",)
@@ -131,6 +145,8 @@ class SendmailConfig:
     hostname: str = "mx.relaypolicy.test"
     host: str = "127.0.0.1"
     daemon_name: str = "MTA"
+    sasl_users: Mapping[str, str] = field(default_factory=dict)
+    trust_auth: bool = False
     extra: str = ""
 
 
@@ -164,6 +180,10 @@ class SendmailInstance:
     @property
     def pid_file(self) -> Path:
         return self.root / "sendmail.pid"
+
+    @property
+    def sasl_dir(self) -> Path:
+        return self.root / "sasl2"
 
     @property
     def log(self) -> Path:
@@ -222,6 +242,10 @@ class SendmailInstance:
             f"Name={c.daemon_name}')dnl\n"
         )
         lines.extend(f"LOCAL_DOMAIN(`{domain}')dnl\n" for domain in c.local_domains)
+        if c.sasl_users:
+            lines.append(define("confAUTH_MECHANISMS", SASL_MECHANISMS))
+            if c.trust_auth:
+                lines.append(f"TRUST_AUTH_MECH(`{SASL_MECHANISMS}')dnl\n")
         if c.milter is not None:
             lines.extend(
                 define(f"confMILTER_MACROS_{stage}", macros)
@@ -255,6 +279,32 @@ class SendmailInstance:
                 f"m4 {self.mc_file} failed ({built.returncode}):\n{built.stderr}", pytrace=False
             )
         self.cf_file.write_text(built.stdout, encoding="utf-8")
+        if self.config.sasl_users:
+            self._write_sasl()
+
+    def _write_sasl(self) -> None:
+        """A ``Sendmail.conf`` for libsasl2 and a private sasldb with the users."""
+        saslpasswd2 = require_binary("saslpasswd2", package="sasl2-bin")
+        if not SASL_CONFIG_DIR.is_dir():
+            unavailable(f"{SASL_CONFIG_DIR} is missing (apt-get install -y libsasl2-2)")
+        sasldb = self.root / "sasldb2"
+        self.sasl_dir.mkdir(mode=0o755)
+        (self.sasl_dir / "Sendmail.conf").write_text(
+            f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nsasldb_path: {sasldb}\n"
+            f"mech_list: {SASL_MECHANISMS}\n",
+            encoding="utf-8",
+        )
+        for user, password in self.config.sasl_users.items():
+            done = subprocess.run(
+                [saslpasswd2, "-f", str(sasldb), "-p", "-c", "-u", self.config.hostname, user],
+                input=password,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if done.returncode != 0:
+                pytest.fail(f"saslpasswd2 failed for {user}: {done.stderr}", pytrace=False)
 
     def command(self) -> list[str]:
         """The daemon's command line, inside its private namespaces."""
@@ -270,6 +320,7 @@ class SendmailInstance:
             str(self.root / "hosts"),
             str(self.root / "nsswitch.conf"),
             self.config.hostname,
+            str(self.sasl_dir) if self.config.sasl_users else "",
             str(self.sendmail),
             "-bD",
             "-C",
@@ -371,11 +422,14 @@ def running_sendmail(config: SendmailConfig) -> Iterator[SendmailInstance]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+Stage = Literal["AUTH", "MAIL", "RCPT"]
+
+
 class Answer(NamedTuple):
     """Sendmail's answer to one envelope: the reply to RCPT TO, or the earlier refusal of
-    MAIL FROM (``stage`` says which), with the code and the text after it."""
+    AUTH or MAIL FROM (``stage`` says which), with the code and the text after it."""
 
-    stage: Literal["MAIL", "RCPT"]
+    stage: Stage
     code: int
     text: str
 
@@ -390,9 +444,11 @@ def ask(
     *,
     sender: str = "sender@aho.jp",
     helo: str = "client.relaypolicy.test",
+    login: tuple[str, str] | None = None,
     timeout: float = 30.0,
 ) -> Answer:
-    """One SMTP session from ``client``: EHLO, MAIL FROM, RCPT TO, QUIT; never DATA.
+    """One SMTP session from ``client``: EHLO, AUTH with ``login`` (user, password) when
+    given (smtplib picks the mechanism: CRAM-MD5 here), MAIL FROM, RCPT TO, QUIT; never DATA.
 
     Addresses are sent exactly as given, inside angle brackets. A session per question:
     Sendmail forks a child (and, with a milter, a milter connection) per SMTP session, so
@@ -405,8 +461,13 @@ def ask(
         code, text = smtp.ehlo(helo)
         if code != 250:
             raise AssertionError(f"EHLO refused: {code} {text!r}")
+        if login is not None:
+            try:
+                smtp.login(*login)
+            except smtplib.SMTPAuthenticationError as exc:
+                return Answer("AUTH", exc.smtp_code, exc.smtp_error.decode(errors="replace"))
         code, text = smtp.docmd("MAIL", f"FROM:<{sender}>")
-        stage: Literal["MAIL", "RCPT"] = "MAIL"
+        stage: Stage = "MAIL"
         if code == 250:
             stage = "RCPT"
             code, text = smtp.docmd("RCPT", f"TO:<{recipient}>")

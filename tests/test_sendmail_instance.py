@@ -90,6 +90,18 @@ def test_filter_down_without_f_t_carries_on_as_if_there_were_no_filter() -> None
         assert ask(sendmail, OUTSIDER, "user@aho.jp")[:2] == ("RCPT", 250)
 
 
+@pytest.mark.parametrize("trust_auth", [True, False])
+def test_smtp_auth_against_a_private_sasldb(trust_auth: bool) -> None:
+    """SMTP AUTH works against the private sasldb; a wrong password is refused (535); the
+    authenticated stranger relays through Sendmail's own check only with TRUST_AUTH_MECH."""
+    config = SendmailConfig(sasl_users={"taro": "secret"}, trust_auth=trust_auth)
+    with running_sendmail(config) as sendmail:
+        wrong = ask(sendmail, OUTSIDER, "user@aho.jp", login=("taro", "wrong"))
+        assert wrong[:2] == ("AUTH", 535), wrong
+        relayed = ask(sendmail, OUTSIDER, "user@aho.jp", login=("taro", "secret"))
+        assert relayed[:2] == (("RCPT", 250) if trust_auth else ("RCPT", 550)), relayed
+
+
 # --- a scripted filter on a raw socket -----------------------------------------------------
 
 SMFI_VERSION = 6
