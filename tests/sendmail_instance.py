@@ -465,7 +465,9 @@ def ask(
             try:
                 smtp.login(*login)
             except smtplib.SMTPAuthenticationError as exc:
-                return Answer("AUTH", exc.smtp_code, exc.smtp_error.decode(errors="replace"))
+                error = exc.smtp_error
+                why = error.decode(errors="replace") if isinstance(error, bytes) else error
+                return Answer("AUTH", exc.smtp_code, why)
         code, text = smtp.docmd("MAIL", f"FROM:<{sender}>")
         stage: Stage = "MAIL"
         if code == 250:
