@@ -26,6 +26,7 @@ from relaypolicy.fleet.urls import parse_state_url
 from relaypolicy.iptable import ExpiringIpTable
 from relaypolicy.iptable.base import IpTable, ManagedTable
 from relaypolicy.iptable.durable import DurableTable
+from relaypolicy.milter.settings import MilterSettings, parse_milter
 from relaypolicy.model import Verdict
 from relaypolicy.networks import NetworkSet
 from relaypolicy.policies import FirstMatch, Policy
@@ -104,6 +105,7 @@ class Config:
     log: LogSettings
     watch: WatchSettings | None = None
     metrics: MetricsSettings | None = None
+    milter: MilterSettings | None = None
 
     def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
@@ -259,6 +261,7 @@ SECTIONS = (
     "smtpd",
     "watch",
     "metrics",
+    "milter",
 )
 
 
@@ -315,6 +318,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         ),
         watch=_watch_settings(data, pop),
         metrics=parse_metrics(data["metrics"]) if "metrics" in data else None,
+        milter=parse_milter(data["milter"]) if "milter" in data else None,
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).

@@ -35,18 +35,15 @@ awaiting ``drain()``; the idle clock does not run meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
-import stat
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import attrs
 
 from relaypolicy.decisions import Decider
+from relaypolicy.listeners import Listener, bind, parse_listener, remove_unix_sockets
 from relaypolicy.policies import Policy
 from relaypolicy.postfix.codec import (
     PolicyConnection,
@@ -56,44 +53,10 @@ from relaypolicy.postfix.codec import (
     encode_action,
 )
 from relaypolicy.replies import CANNOT_EVALUATE
-from relaypolicy.settings import parse_host_port
 
 __all__ = ["Listener", "PolicyServer", "ServerSettings", "parse_listener"]
 
 log = logging.getLogger("relaypolicy.serve")
-
-
-@attrs.frozen
-class Listener:
-    """Where to listen: TCP ``host``/``port``, or a unix socket ``path`` with ``mode``."""
-
-    host: str = ""
-    port: int = 0
-    path: str = ""
-    mode: int = 0o666
-
-    def __str__(self) -> str:
-        if self.path:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-def parse_listener(text: str, *, mode: int = 0o666) -> Listener:
-    """``127.0.0.1:9998``, ``inet:[::1]:9998``, ``unix:/var/spool/postfix/private/policy``."""
-    spec = text.strip()
-    if spec.startswith("unix:"):
-        path = spec[5:]
-        if not path.startswith("/"):
-            raise ValueError(f"listener {text!r}: a unix socket path must be absolute")
-        return Listener(path=path, mode=mode)
-    if spec.startswith("inet:"):
-        spec = spec[5:]
-    try:
-        host, port = parse_host_port(spec)
-    except ValueError as exc:
-        raise ValueError(f"listener {text!r}: {exc}; or unix:/path") from None
-    return Listener(host=host, port=port)
 
 
 @attrs.frozen
@@ -132,7 +95,7 @@ class PolicyServer:
         self.counters: Counter[str] = Counter()
         self._servers: list[asyncio.Server] = []
         self._connections: set[_PolicyProtocol] = set()
-        self._unix_paths: list[str] = []
+        self._unix_listeners: list[Listener] = []
         self._closing = False
 
     @property
@@ -164,33 +127,14 @@ class PolicyServer:
 
     async def start(self, listeners: Sequence[Listener]) -> list[str]:
         """Bind every listener; returns their addresses (with the real port for port 0)."""
-        loop = asyncio.get_running_loop()
         bound: list[str] = []
         for listener in listeners:
+            server, addresses = await bind(listener, self._protocol)
             if listener.path:
-                server = await self._start_unix(listener)
-                bound.append(str(listener))
-            else:
-                server = await loop.create_server(
-                    self._protocol, host=listener.host, port=listener.port, reuse_address=True
-                )
-                for sock in server.sockets:
-                    host, port = sock.getsockname()[:2]
-                    bound.append(str(Listener(host=host, port=port)))
+                self._unix_listeners.append(listener)
+            bound.extend(addresses)
             self._servers.append(server)
         return bound
-
-    async def _start_unix(self, listener: Listener) -> asyncio.Server:
-        path = Path(listener.path)
-        if path.exists() or path.is_symlink():
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise OSError(f"{path} exists and is not a socket; not replacing it")
-            path.unlink()
-        loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(self._protocol, path=str(path))
-        os.chmod(path, listener.mode)
-        self._unix_paths.append(str(path))
-        return server
 
     def _protocol(self) -> _PolicyProtocol:
         return _PolicyProtocol(self)
@@ -217,9 +161,7 @@ class PolicyServer:
             await asyncio.wait([c.closed for c in stalled], timeout=grace)
         for server in self._servers:
             await server.wait_closed()
-        for path in self._unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        remove_unix_sockets(self._unix_listeners)
 
     def _answer(self, message: PolicyRequest, peer: str) -> bytes:
         self.counters["requests"] += 1

@@ -1,0 +1,511 @@
+"""The milter protocol, filter side, sans I/O: only what a relay decision at RCPT needs.
+
+Theory of operation
+-------------------
+Sendmail (8.14 and later) and Postfix (2.6 and later, ``milter_protocol = 6``) speak the
+milter protocol, version 6, to external filters (Sendmail's libmilter ``mfdef.h`` names
+the constants; Postfix's MILTER_README describes its side). Every packet, both ways, is
+a 4-byte big-endian length, then that many bytes: one command letter and its data.
+Strings in the data end with NUL.
+
+The MTA opens with ``SMFIC_OPTNEG`` (``O``: version, the actions it allows, the protocol
+steps it can skip, three 32-bit integers); the filter answers with ``O`` and the subset it
+wants. We ask to modify nothing (actions 0) and, of what the MTA offers, to skip the body,
+the headers, the end of headers, DATA and unknown commands (``SMFIP_NOBODY``,
+``SMFIP_NOHDRS``, ``SMFIP_NOEOH``, ``SMFIP_NODATA``, ``SMFIP_NOUNKNOWN``), and to send no
+reply to CONNECT, HELO and MAIL (``SMFIP_NR_CONN``, ``SMFIP_NR_HELO``, ``SMFIP_NR_MAIL``):
+then the MTA sends, per SMTP session, ``C`` (the client: host name, family, port,
+address), ``H`` (HELO), per transaction ``M`` (MAIL FROM and its ESMTP arguments) and one
+``R`` per recipient, each preceded by ``D`` with the macros configured for that stage
+(``D`` carries the letter of the command it belongs to, then name/value pairs). It waits
+for an answer to ``R`` only. ``A`` (abort) ends a transaction, ``K`` ends a session and
+keeps the connection for the next one, ``Q`` ends both. End of message (``E``) is always
+sent and always answered; a step the MTA could not skip is answered ``c`` (continue).
+
+Each ``R`` becomes a :class:`Recipient` event carrying a snapshot of the session (the
+connect facts, HELO, sender, the macros in scope); the caller decides and encodes the
+answer with :func:`encode_decision`: ``c`` (continue: the MTA's own rules go on) for
+ACCEPT and NEXT, ``y`` (``SMFIR_REPLYCODE``: our code, enhanced status and text) for
+REJECT and DEFER. Everything else the codec answers itself, as bytes, in stream order.
+
+Macro scope follows the protocol: macros sent for CONNECT and HELO last the session;
+those for MAIL are replaced by the next MAIL and dropped by ``A``; those for RCPT belong
+to the one recipient. A lookup takes the latest stage that defined the name.
+
+Bad input raises :class:`~relaypolicy.errors.ProtocolError` naming what was wrong: a
+packet longer than ``max_packet`` (checked from its length field, before its data is
+read), an empty packet, a command letter we do not know, a command before the option
+negotiation, a packet whose data does not parse. The connection is then unusable
+(``failed``); the server closes it, and the MTA applies its ``milter_default_action``
+(Postfix) or the filter's ``F=`` flag (Sendmail): configured as tempfail, never accept.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+from relaypolicy.errors import ProtocolError
+from relaypolicy.model import Decision, Request, Verdict
+from relaypolicy.text import reply_safe
+
+__all__ = [
+    "MAX_PACKET",
+    "MILTER_VERSION",
+    "WANTED_PROTOCOL",
+    "MilterConnection",
+    "ProtocolError",
+    "Recipient",
+    "encode_decision",
+    "encode_packet",
+    "macro_name",
+]
+
+MILTER_VERSION = 6
+
+# SMFIC_*: commands from the MTA.
+SMFIC_ABORT = b"A"
+SMFIC_BODY = b"B"
+SMFIC_CONNECT = b"C"
+SMFIC_MACRO = b"D"
+SMFIC_BODYEOB = b"E"
+SMFIC_HELO = b"H"
+SMFIC_QUIT_NC = b"K"
+SMFIC_HEADER = b"L"
+SMFIC_MAIL = b"M"
+SMFIC_EOH = b"N"
+SMFIC_OPTNEG = b"O"
+SMFIC_QUIT = b"Q"
+SMFIC_RCPT = b"R"
+SMFIC_DATA = b"T"
+SMFIC_UNKNOWN = b"U"
+
+# SMFIR_*: our replies.
+SMFIR_CONTINUE = b"c"
+SMFIR_REPLYCODE = b"y"
+SMFIR_TEMPFAIL = b"t"
+
+# SMFIP_*: protocol steps to skip, and steps that need no reply (version 6).
+SMFIP_NOBODY = 0x10
+SMFIP_NOHDRS = 0x20
+SMFIP_NOEOH = 0x40
+SMFIP_NOUNKNOWN = 0x100
+SMFIP_NODATA = 0x200
+SMFIP_NR_CONN = 0x1000
+SMFIP_NR_HELO = 0x2000
+SMFIP_NR_MAIL = 0x4000
+# What we ask for, of what the MTA offers.
+WANTED_PROTOCOL = (
+    SMFIP_NOBODY
+    | SMFIP_NOHDRS
+    | SMFIP_NOEOH
+    | SMFIP_NOUNKNOWN
+    | SMFIP_NODATA
+    | SMFIP_NR_CONN
+    | SMFIP_NR_HELO
+    | SMFIP_NR_MAIL
+)
+_NO_REPLY = {SMFIC_CONNECT: SMFIP_NR_CONN, SMFIC_HELO: SMFIP_NR_HELO, SMFIC_MAIL: SMFIP_NR_MAIL}
+
+# The largest packet an MTA sends when no SMFIP_MDS_* size was negotiated (we negotiate
+# none, and no body): a 64 KiB body chunk and its command letter.
+MAX_PACKET = 65536
+_MAX_STRINGS = 2048  # NUL-terminated strings in one packet (macro names and values)
+
+# Commands the MTA waits on that we have no use for: answered "continue".
+_CONTINUE = frozenset(
+    {SMFIC_BODY, SMFIC_BODYEOB, SMFIC_HEADER, SMFIC_EOH, SMFIC_DATA, SMFIC_UNKNOWN}
+)
+# Macro stages that end with a transaction (dropped at MAIL and ABORT).
+_TRANSACTION_STAGES = (SMFIC_MAIL, SMFIC_RCPT, SMFIC_DATA, SMFIC_EOH, SMFIC_BODYEOB)
+# Where a macro is looked up, latest stage first.
+_LOOKUP_ORDER = (SMFIC_RCPT, SMFIC_MAIL, SMFIC_HELO, SMFIC_CONNECT)
+_KNOWN = frozenset(
+    {
+        SMFIC_ABORT,
+        SMFIC_BODY,
+        SMFIC_CONNECT,
+        SMFIC_MACRO,
+        SMFIC_BODYEOB,
+        SMFIC_HELO,
+        SMFIC_QUIT_NC,
+        SMFIC_HEADER,
+        SMFIC_MAIL,
+        SMFIC_EOH,
+        SMFIC_OPTNEG,
+        SMFIC_QUIT,
+        SMFIC_RCPT,
+        SMFIC_DATA,
+        SMFIC_UNKNOWN,
+    }
+)
+_LENGTH = struct.Struct(">I")
+_OPTNEG = struct.Struct(">III")
+
+
+def macro_name(name: str) -> str:
+    """A macro's name without its braces: ``{auth_authen}`` and ``auth_authen`` are one."""
+    if name.startswith("{") and name.endswith("}"):
+        return name[1:-1]
+    return name
+
+
+def encode_packet(command: bytes, data: bytes = b"") -> bytes:
+    """One packet: the length of command and data, the command letter, the data."""
+    return _LENGTH.pack(len(command) + len(data)) + command + data
+
+
+_CONTINUE_PACKET = encode_packet(SMFIR_CONTINUE)
+
+
+def encode_decision(decision: Decision) -> bytes:
+    """The answer to ``R`` for a decision.
+
+    ACCEPT and NEXT continue (the MTA's own checks go on; an ``a``, accept, would end
+    filtering for the whole message and leave the next recipients unchecked); REJECT
+    and DEFER are ``SMFIR_REPLYCODE`` with the decision's code, status and text, made
+    safe for a reply line, ``%`` doubled (both MTAs read the text as a format).
+    """
+    if decision.verdict in (Verdict.ACCEPT, Verdict.NEXT):
+        return _CONTINUE_PACKET
+    return encode_reply(decision.code, decision.status, decision.text)
+
+
+def encode_reply(code: int, status: str, text: str) -> bytes:
+    """``SMFIR_REPLYCODE`` with ``code status text``; a code that is not 4xx or 5xx (which
+    the MTA would refuse, falling back to its default action) becomes 451 4.3.0."""
+    if not 400 <= code <= 599 or not status.startswith(str(code)[0]):
+        code, status = 451, "4.3.0"
+    line = f"{code} {status} {reply_safe(text, 400)}".replace("%", "%%")
+    return encode_packet(SMFIR_REPLYCODE, line.encode("ascii") + b"\0")
+
+
+class Recipient:
+    """One ``RCPT TO`` and the session it belongs to: what :meth:`to_request` needs.
+
+    ``client_address`` is empty when the MTA sent no usable one (a ``U`` family at
+    CONNECT and no ``{client_addr}`` macro): the caller must then refuse for now.
+    """
+
+    __slots__ = (
+        "client_address",
+        "client_name",
+        "client_port",
+        "helo",
+        "macros",
+        "recipient",
+        "sender",
+        "server_port",
+    )
+
+    def __init__(
+        self,
+        *,
+        client_address: str,
+        client_name: str,
+        client_port: int,
+        helo: str,
+        sender: str,
+        recipient: str,
+        macros: Mapping[str, str],
+        server_port: int,
+    ) -> None:
+        self.client_address = client_address
+        self.client_name = client_name
+        self.client_port = client_port
+        self.helo = helo
+        self.sender = sender
+        self.recipient = recipient
+        self.macros = macros
+        self.server_port = server_port
+
+    def to_request(self) -> Request:
+        """The :class:`Request`; :class:`ValueError` (naming the field) for a client
+        address that is missing or not an IP address, or a port out of range."""
+        macro = self.macros.get
+        return Request(
+            client_address=self.client_address,
+            client_port=self.client_port,
+            client_name=self.client_name,
+            server_address=_address(macro("daemon_addr", "")),
+            server_port=self.server_port,
+            helo_name=self.helo,
+            sender=self.sender,
+            recipient=self.recipient,
+            sasl_username=macro("auth_authen", ""),
+            sasl_method=macro("auth_type", ""),
+            encryption_protocol=macro("tls_version", ""),
+            encryption_cipher=macro("cipher", ""),
+            ccert_subject=macro("cert_subject", ""),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Recipient(client_address={self.client_address!r}, recipient={self.recipient!r}, "
+            f"sender={self.sender!r})"
+        )
+
+
+def _address(text: str) -> str:
+    """An address as an MTA writes it: Sendmail puts ``IPv6:`` in front, some put
+    brackets around."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    return text
+
+
+def _mailbox(text: str) -> str:
+    """An envelope address without its angle brackets (``<>`` is the null sender)."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        return text[1:-1]
+    return text
+
+
+class MilterConnection:
+    """The protocol state of one connection from an MTA; see the module docstring.
+
+    ``daemon_ports`` maps a ``{daemon_name}`` to its port, for an MTA that does not send
+    ``{daemon_port}`` (Sendmail names its daemons ``MTA`` and ``MSA``).
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_connect",
+        "_helo",
+        "_macros",
+        "_sender",
+        "daemon_ports",
+        "failed",
+        "max_packet",
+        "negotiated",
+        "no_reply",
+        "quit",
+        "version",
+    )
+
+    def __init__(
+        self, *, max_packet: int = MAX_PACKET, daemon_ports: Mapping[str, int] | None = None
+    ) -> None:
+        self.max_packet = max_packet
+        self.daemon_ports: Mapping[str, int] = daemon_ports or {}
+        self._buffer = bytearray()
+        self.failed: str | None = None
+        self.negotiated = False
+        self.version = 0
+        self.no_reply = 0  # the SMFIP_NR_* bits agreed
+        self.quit = False  # QUIT received: close after writing the answers
+        self._macros: dict[bytes, dict[str, str]] = {}
+        self._connect: tuple[str, str, int] | None = None  # host name, address, port
+        self._helo = ""
+        self._sender = ""
+
+    @property
+    def in_packet(self) -> bool:
+        """Whether part of a packet has arrived and the rest has not."""
+        return bool(self._buffer)
+
+    def receive_data(self, data: bytes) -> list[bytes | Recipient]:
+        """Feed bytes; get, in order, the answers to write (bytes) and the recipients to
+        decide (whose answers go in their place). Raises :class:`ProtocolError`."""
+        if self.failed is not None:
+            raise ProtocolError(f"connection already failed: {self.failed}")
+        try:
+            return self._receive(data)
+        except ProtocolError as exc:
+            self.failed = str(exc)
+            raise
+
+    def _receive(self, data: bytes) -> list[bytes | Recipient]:
+        buffer = self._buffer
+        buffer += data
+        out: list[bytes | Recipient] = []
+        start = 0
+        size = len(buffer)
+        while size - start >= 4 and not self.quit:
+            (length,) = _LENGTH.unpack_from(buffer, start)
+            if length == 0:
+                raise ProtocolError("empty packet (length 0, no command)")
+            if length > self.max_packet:
+                raise ProtocolError(
+                    f"packet of {length} bytes is larger than the limit of {self.max_packet}"
+                )
+            if size - start - 4 < length:
+                break
+            command = bytes(buffer[start + 4 : start + 5])
+            payload = bytes(buffer[start + 5 : start + 4 + length])
+            start += 4 + length
+            answer = self._packet(command, payload)
+            if answer is not None:
+                out.append(answer)
+        del buffer[:start]
+        if self.quit and buffer:
+            raise ProtocolError("bytes after QUIT")
+        return out
+
+    def _packet(self, command: bytes, data: bytes) -> bytes | Recipient | None:
+        if command not in _KNOWN:
+            raise ProtocolError(f"unknown command {_show(command)}")
+        if command == SMFIC_OPTNEG:
+            return self._negotiate(data)
+        if not self.negotiated:
+            raise ProtocolError(f"command {_show(command)} before option negotiation")
+        if command == SMFIC_MACRO:
+            self._define(data)
+            return None
+        if command == SMFIC_RCPT:
+            return self._recipient(data)
+        if command == SMFIC_CONNECT:
+            self._connect = _parse_connect(data)
+            self._helo = ""
+        elif command == SMFIC_HELO:
+            self._helo = _decode(_strings(data, "HELO", exact=1)[0])
+        elif command == SMFIC_MAIL:
+            self._sender = _mailbox(_decode(_strings(data, "MAIL")[0]))
+        elif command == SMFIC_ABORT:
+            self._end_transaction()
+            return None  # no reply to ABORT
+        elif command == SMFIC_QUIT:
+            self.quit = True
+            return None
+        elif command == SMFIC_QUIT_NC:
+            self._macros.clear()
+            self._connect = None
+            self._helo = self._sender = ""
+            return None
+        elif command in _CONTINUE:
+            return _CONTINUE_PACKET
+        if _NO_REPLY.get(command, 0) & self.no_reply:
+            return None
+        return _CONTINUE_PACKET
+
+    def _negotiate(self, data: bytes) -> bytes:
+        if self.negotiated:
+            raise ProtocolError("option negotiation repeated")
+        if len(data) < _OPTNEG.size:
+            raise ProtocolError(f"OPTNEG of {len(data)} bytes; expected at least 12")
+        version, _actions, offered = _OPTNEG.unpack_from(data)
+        if version < 2:
+            raise ProtocolError(f"milter protocol version {version}; need 2 or later")
+        self.version = min(version, MILTER_VERSION)
+        protocol = WANTED_PROTOCOL & offered
+        if self.version < 6:  # "no reply" bits exist from version 6 on
+            protocol &= ~(SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL)
+        self.no_reply = protocol & (SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL)
+        self.negotiated = True
+        return encode_packet(SMFIC_OPTNEG, _OPTNEG.pack(self.version, 0, protocol))
+
+    def _define(self, data: bytes) -> None:
+        if not data:
+            raise ProtocolError("macro packet without the command it is for")
+        stage = data[:1]
+        strings = _strings(data[1:], "macro", minimum=0) if len(data) > 1 else []
+        if len(strings) % 2:
+            raise ProtocolError(f"macro packet for {_show(stage)} with a name and no value")
+        if stage == SMFIC_MAIL:  # a new transaction: the old one's macros go
+            self._end_transaction()
+        names = strings[0::2]
+        values = strings[1::2]
+        self._macros[stage] = {
+            macro_name(_decode(name)): _decode(value)
+            for name, value in zip(names, values, strict=True)
+        }
+
+    def _end_transaction(self) -> None:
+        for stage in _TRANSACTION_STAGES:
+            self._macros.pop(stage, None)
+        self._sender = ""
+
+    def macro(self, name: str) -> str | None:
+        """The value of macro ``name`` (braces optional) in scope now, or ``None``."""
+        name = macro_name(name)
+        for stage in _LOOKUP_ORDER:
+            values = self._macros.get(stage)
+            if values is not None and name in values:
+                return values[name]
+        return None
+
+    def _recipient(self, data: bytes) -> Recipient:
+        recipient = _mailbox(_decode(_strings(data, "RCPT")[0]))
+        macros: dict[str, str] = {}
+        for stage in reversed(_LOOKUP_ORDER):  # latest stage last: it wins
+            values = self._macros.get(stage)
+            if values:
+                macros.update(values)
+        self._macros.pop(SMFIC_RCPT, None)  # they were for this recipient only
+        host, address, port = self._connect or ("", "", 0)
+        if not address:
+            address = _address(macros.get("client_addr", ""))
+            port_text = macros.get("client_port", "")
+            port = int(port_text) if port_text.isdigit() else 0
+        server_text = macros.get("daemon_port", "")
+        if server_text.isdigit():
+            server_port = int(server_text)
+        else:
+            server_port = self.daemon_ports.get(macros.get("daemon_name", ""), 0)
+        if host.startswith("[") or host == "unknown":
+            host = ""  # no verified host name
+        return Recipient(
+            client_address=address,
+            client_name=host,
+            client_port=port if 0 <= port <= 65535 else 0,
+            helo=self._helo,
+            sender=self._sender,
+            recipient=recipient,
+            macros=macros,
+            server_port=server_port if server_port <= 65535 else 0,
+        )
+
+
+def _parse_connect(data: bytes) -> tuple[str, str, int]:
+    """``C``: host name NUL, family (``4``, ``6``, ``L`` unix, ``U`` unknown), and for
+    all but ``U`` a 16-bit port and the address NUL. The address is empty unless IP."""
+    end = data.find(b"\0")
+    if end == -1:
+        raise ProtocolError("CONNECT without a NUL after the host name")
+    host = _decode(data[:end])
+    rest = data[end + 1 :]
+    if not rest:
+        raise ProtocolError("CONNECT without an address family")
+    family = rest[:1]
+    if family == b"U":
+        return host, "", 0
+    if family not in (b"4", b"6", b"L"):
+        raise ProtocolError(f"CONNECT with unknown address family {_show(family)}")
+    if len(rest) < 4 or not rest.endswith(b"\0"):
+        raise ProtocolError("CONNECT address truncated")
+    (port,) = struct.unpack_from(">H", rest, 1)
+    address = rest[3:-1]
+    if b"\0" in address:
+        raise ProtocolError("CONNECT address with a NUL inside")
+    if family == b"L":
+        return host, "", 0
+    return host, _address(_decode(address)), port
+
+
+def _strings(data: bytes, what: str, *, minimum: int = 1, exact: int = 0) -> list[bytes]:
+    """The NUL-terminated strings of a packet's data."""
+    if not data.endswith(b"\0"):
+        raise ProtocolError(f"{what} data does not end with NUL")
+    strings = data[:-1].split(b"\0")
+    if len(strings) > _MAX_STRINGS:
+        raise ProtocolError(f"{what} packet with more than {_MAX_STRINGS} strings")
+    if len(strings) < minimum or (exact and len(strings) != exact):
+        raise ProtocolError(f"{what} packet with {len(strings)} strings")
+    return strings
+
+
+def _decode(raw: bytes) -> str:
+    """UTF-8 as SMTPUTF8 allows; anything else becomes U+FFFD, which no domain of ours
+    and no login matches (a refusal, never a relay)."""
+    return raw.decode("utf-8", "replace")
+
+
+def _show(command: bytes) -> str:
+    if not command:
+        return "''"
+    value = command[0]
+    return repr(chr(value)) if 0x20 < value < 0x7F else f"0x{value:02x}"
