@@ -1,0 +1,299 @@
+"""End to end: a real Sendmail asks `relaypolicy milter`, and real SMTP clients from
+distinct loopback addresses get the replies. Both safe setups of docs/milter.md
+("Sendmail"), each with ``INPUT_MAIL_FILTER(..., F=T, ...)`` and the macros of
+``sendmail_instance.MILTER_MACROS``:
+
+- ``gate="milter"``: ``FEATURE(promiscuous_relay)``, so Sendmail's own relay check is off
+  and relaypolicy is the only relay gate;
+- ``gate="sendmail"``: Sendmail's own relay check first (class ``w`` is local, the
+  loopback client and, with ``TRUST_AUTH_MECH``, an authenticated one may relay,
+  ``550 5.7.1 ... Relaying denied`` for the rest), relaypolicy after it on what Sendmail
+  accepted.
+
+relaypolicy runs as a separate process (``tests/milter_process.py``); `relaypolicy ctl`
+talks to its control socket. SMTP AUTH is Cyrus SASL against a private sasldb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from milter_process import start_milter
+from realservers import require_binary, require_loopback_address, tail
+from sendmail_instance import Answer, SendmailConfig, SendmailInstance, ask, running_sendmail
+from serve_process import Service
+
+from relaypolicy.cli import main
+from relaypolicy.testing.probes import relay_probes
+
+pytestmark = pytest.mark.real
+
+TRUSTED = "127.0.0.1"
+OUTSIDER = "127.0.0.10"
+USERS = {"taro": "secret"}
+
+CONFIG = """\
+[domains]
+local = ["local.test"]
+
+[networks]
+trusted = ["127.0.0.1/32"]
+
+[pop_before_smtp]
+ttl = 1800
+
+[chain]
+steps = ["trusted_networks", "sasl_permit", "pop_before_smtp", "local_domains"]
+
+[log]
+level = "info"
+"""
+
+Gate = Literal["milter", "sendmail"]
+GATES: tuple[Gate, ...] = ("milter", "sendmail")
+
+
+@dataclass
+class Stack:
+    gate: Gate
+    sendmail: SendmailInstance
+    milter: Service
+
+    def ask(
+        self,
+        client: str,
+        recipient: str,
+        *,
+        sender: str = "sender@aho.jp",
+        login: tuple[str, str] | None = None,
+    ) -> Answer:
+        return ask(self.sendmail, client, recipient, sender=sender, login=login)
+
+    def why(self) -> str:
+        return f"{self.sendmail.diagnostics()}\n--- {self.milter.log} ---\n{tail(self.milter.log)}"
+
+
+def sendmail_config(gate: Gate, milter_port: int) -> SendmailConfig:
+    """The setup ``gate`` with the milter on ``milter_port``; SMTP AUTH for :data:`USERS`,
+    trusted by Sendmail itself only where its own check runs (``gate="sendmail"``)."""
+    return SendmailConfig(
+        gate=gate,
+        milter=f"inet:{milter_port}@127.0.0.1",
+        sasl_users=USERS,
+        trust_auth=gate == "sendmail",
+    )
+
+
+@contextlib.contextmanager
+def sendmail_stack(gate: Gate, directory: Path, config: str = CONFIG) -> Iterator[Stack]:
+    require_loopback_address(OUTSIDER)
+    with contextlib.ExitStack() as cleanup:
+        milter = start_milter(directory, config)
+        cleanup.callback(milter.stop)
+        sendmail = cleanup.enter_context(running_sendmail(sendmail_config(gate, milter.port)))
+        yield Stack(gate, sendmail, milter)
+
+
+@pytest.fixture(scope="module", params=GATES)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    gate: Gate = request.param
+    with sendmail_stack(gate, tmp_path_factory.mktemp(f"milter-{gate}")) as built:
+        yield built
+
+
+def refused_by_relaypolicy(answer: Answer) -> bool:
+    """relaypolicy's refusal to relay, as Sendmail passes it on."""
+    return answer.stage == "RCPT" and answer.code == 554 and "Relay access denied" in answer.text
+
+
+def refused_by_sendmail(answer: Answer) -> bool:
+    return answer.stage == "RCPT" and answer.code == 550 and "Relaying denied" in answer.text
+
+
+def test_local_recipient_is_accepted_from_everyone(stack: Stack) -> None:
+    for client in (TRUSTED, OUTSIDER):
+        answer = stack.ask(client, "user@local.test")
+        assert answer[:2] == ("RCPT", 250), (client, answer, stack.why())
+
+
+def test_foreign_recipient_is_relayed_only_for_the_trusted_client(stack: Stack) -> None:
+    assert stack.ask(TRUSTED, "user@aho.jp")[:2] == ("RCPT", 250), stack.why()
+    answer = stack.ask(OUTSIDER, "user@aho.jp")
+    if stack.gate == "milter":
+        assert refused_by_relaypolicy(answer), (answer, stack.why())
+        # Our reply word for word (Sendmail adds "<rcpt>... " only to a text that does not
+        # name the recipient already).
+        assert answer.text == "5.7.1 <user@aho.jp>: Relay access denied", answer
+    else:
+        assert refused_by_sendmail(answer), (answer, stack.why())
+
+
+def test_decisions_are_logged_and_counted_by_relaypolicy(stack: Stack) -> None:
+    stack.ask(OUTSIDER, "counted@local.test")
+    stack.ask(TRUSTED, "counted@aho.jp")
+    log = stack.milter.log.read_text()
+    assert "recipient=<counted@local.test> verdict=ACCEPT policy=local_domains" in log, log
+    assert "recipient=<counted@aho.jp> verdict=ACCEPT policy=trusted_networks" in log, log
+    stats = stack.milter.ctl("stats")["stats"]
+    assert isinstance(stats, dict)
+    assert stats["reason:trusted-network"] >= 1, stats
+
+
+def test_routing_tricks_are_refused_to_a_stranger(stack: Stack) -> None:
+    """The relay battery (nmap's probes, the routed forms, literals, look-alikes) from the
+    untrusted client: nothing is accepted. SMTPUTF8 probes cannot be sent (Sendmail 8.17 as
+    configured does not offer SMTPUTF8)."""
+    probes = [p for p in relay_probes("local.test", server_ip="127.0.0.1") if not p.smtputf8]
+    assert len(probes) > 40
+    accepted = []
+    by_relaypolicy = 0
+    for probe in probes:
+        answer = stack.ask(OUTSIDER, probe.recipient, sender=probe.sender)
+        if 200 <= answer.code < 300:
+            accepted.append((probe.name, probe.recipient, str(answer)))
+        by_relaypolicy += refused_by_relaypolicy(answer)
+    assert accepted == [], stack.why()
+    if stack.gate == "milter":
+        # Sendmail alone relays all of these (test_sendmail_instance): relaypolicy refused.
+        assert by_relaypolicy >= len(probes) // 2, by_relaypolicy
+
+
+def test_pop_before_smtp_login_relays_until_it_expires(stack: Stack) -> None:
+    """A login recorded through the control socket lets the stranger relay where the
+    milter is the gate, until its ttl runs out. Where Sendmail's own check runs first, it
+    refuses the stranger before relaypolicy is asked: POP-before-SMTP cannot open it
+    (docs/milter.md)."""
+    milter = stack.milter
+    assert not refused_by_relaypolicy(stack.ask(OUTSIDER, "user@local.test"))
+    assert stack.ask(OUTSIDER, "user@aho.jp").code >= 500
+    try:
+        added = milter.ctl("add", OUTSIDER, "--ttl", "3", "--user", "taro")
+        assert added["ok"] is True, added
+        answer = stack.ask(OUTSIDER, "user@aho.jp")
+        if stack.gate == "sendmail":
+            assert refused_by_sendmail(answer), (answer, stack.why())
+            return
+        assert answer[:2] == ("RCPT", 250), (answer, stack.why())
+        # real-time: a real process on a real clock; wait out the 3 s allowance (bounded).
+        deadline = time.monotonic() + 20
+        while answer.code == 250 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            answer = stack.ask(OUTSIDER, "user@aho.jp")
+        assert refused_by_relaypolicy(answer), (answer, stack.why())
+        # The push feed, then an administrator withdrawing the address: both at once.
+        assert milter.ctl("record", OUTSIDER, "--user", "taro")["ok"] is True
+        assert stack.ask(OUTSIDER, "user@aho.jp")[:2] == ("RCPT", 250)
+        assert milter.ctl("remove", OUTSIDER)["removed"] is True
+        assert refused_by_relaypolicy(stack.ask(OUTSIDER, "user@aho.jp"))
+    finally:
+        milter.ctl("remove", OUTSIDER)
+
+
+def test_smtp_auth_lets_the_stranger_relay(stack: Stack) -> None:
+    """Sendmail authenticates (Cyrus SASL), passes ``{auth_authen}`` at MAIL FROM, and
+    relaypolicy's ``sasl_permit`` relays; with ``gate="sendmail"`` Sendmail's own check
+    lets the login through first (``TRUST_AUTH_MECH``) and relaypolicy agrees."""
+    answer = stack.ask(OUTSIDER, "authenticated@aho.jp", login=("taro", "secret"))
+    assert answer[:2] == ("RCPT", 250), (answer, stack.why())
+    decision = (
+        "recipient=<authenticated@aho.jp> verdict=ACCEPT policy=sasl_permit "
+        "reason=sasl-authenticated"
+    )
+    assert decision in stack.milter.log.read_text(), stack.why()
+    wrong = stack.ask(OUTSIDER, "user@aho.jp", login=("taro", "wrong"))
+    assert wrong[:2] == ("AUTH", 535), wrong
+
+
+def test_audit_from_the_stranger_finds_no_open_relay(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sendmail = stack.sendmail
+    status = main(
+        [
+            "audit",
+            "--smtp",
+            f"{sendmail.host}:{sendmail.port}",
+            "--local-domain",
+            "local.test",
+            "--source-address",
+            OUTSIDER,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "not an open relay" in out, out
+
+
+def test_swaks_quit_after_rcpt(stack: Stack) -> None:
+    """The same answers through swaks, as an administrator would check by hand."""
+    swaks = require_binary("swaks")
+
+    def swaks_to(recipient: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                swaks,
+                "--server",
+                f"{stack.sendmail.host}:{stack.sendmail.port}",
+                "--local-interface",
+                OUTSIDER,
+                "--from",
+                "sender@aho.jp",
+                "--to",
+                recipient,
+                "--quit-after",
+                "RCPT",
+                "--timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    local = swaks_to("user@local.test")
+    assert local.returncode == 0, local.stdout
+    foreign = swaks_to("user@aho.jp")
+    assert foreign.returncode == 24, foreign.stdout  # swaks: no recipient accepted
+    assert "<** 5" in foreign.stdout, foreign.stdout
+
+
+# --- relaypolicy down: Sendmail tempfails (F=T), it never accepts ------------------------
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_relaypolicy_stopped_means_temporary_failure(gate: Gate, tmp_path: Path) -> None:
+    with sendmail_stack(gate, tmp_path) as stack:
+        assert stack.ask(TRUSTED, "user@aho.jp")[:2] == ("RCPT", 250), stack.why()
+        assert stack.milter.stop() == 0  # SIGTERM: a clean exit
+        for client in (TRUSTED, OUTSIDER):
+            for recipient in ("user@local.test", "user@aho.jp"):
+                answer = stack.ask(client, recipient)
+                assert 400 <= answer.code < 500, (client, recipient, answer, stack.why())
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_relaypolicy_stopped_mid_session_means_temporary_failure(
+    gate: Gate, tmp_path: Path
+) -> None:
+    """The milter connection was open (CONNECT, HELO and MAIL went through) when
+    relaypolicy stopped: the RCPT after it is 4xx, for the trusted client too."""
+    with sendmail_stack(gate, tmp_path) as stack:
+        sendmail = stack.sendmail
+        with smtplib.SMTP(sendmail.host, sendmail.port, timeout=30) as smtp:
+            smtp.ehlo("client.relaypolicy.test")
+            assert smtp.docmd("MAIL", "FROM:<sender@aho.jp>")[0] == 250
+            assert smtp.docmd("RCPT", "TO:<first@aho.jp>")[0] == 250
+            assert stack.milter.stop() == 0
+            code, text = smtp.docmd("RCPT", "TO:<second@aho.jp>")
+        assert 400 <= code < 500, (code, text, stack.why())
