@@ -17,6 +17,7 @@ talks to its control socket. SMTP AUTH is Cyrus SASL against a private sasldb.
 from __future__ import annotations
 
 import contextlib
+import signal
 import smtplib
 import subprocess
 import time
@@ -297,3 +298,51 @@ def test_relaypolicy_stopped_mid_session_means_temporary_failure(
             assert stack.milter.stop() == 0
             code, text = smtp.docmd("RCPT", "TO:<second@aho.jp>")
         assert 400 <= code < 500, (code, text, stack.why())
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_relaypolicy_hung_means_temporary_failure(gate: Gate, tmp_path: Path) -> None:
+    """relaypolicy stops answering (SIGSTOP) in the middle of a session: Sendmail waits
+    the filter's read timeout (``T=...R:5s``) and answers the RCPT with a 4xx."""
+    with sendmail_stack(gate, tmp_path) as stack:
+        sendmail, process = stack.sendmail, stack.milter.process
+        with smtplib.SMTP(sendmail.host, sendmail.port, timeout=60) as smtp:
+            smtp.ehlo("client.relaypolicy.test")
+            assert smtp.docmd("MAIL", "FROM:<sender@aho.jp>")[0] == 250
+            process.send_signal(signal.SIGSTOP)
+            try:
+                code, text = smtp.docmd("RCPT", "TO:<user@local.test>")  # real-time: R:5s
+            finally:
+                process.send_signal(signal.SIGCONT)
+        assert 400 <= code < 500, (code, text, stack.why())
+
+
+# --- the chain must decide where the milter is the only gate ------------------------------
+
+PERMIT_ONLY = CONFIG.replace(
+    'steps = ["trusted_networks", "sasl_permit", "pop_before_smtp", "local_domains"]',
+    'steps = ["trusted_networks", "sasl_permit", "pop_before_smtp"]\notherwise = "next"',
+)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_no_opinion_is_continue_so_the_permit_only_chain_needs_sendmails_own_check(
+    gate: Gate, tmp_path: Path
+) -> None:
+    """NEXT ("no opinion", ``[chain] otherwise = "next"``) is the milter's continue: the
+    MTA's own rules decide. After Sendmail's own check that is a refusal for a stranger;
+    with promiscuous_relay there is no rule left and Sendmail relays: docs/milter.md says
+    never to pair the two."""
+    assert PERMIT_ONLY != CONFIG
+    with sendmail_stack(gate, tmp_path, PERMIT_ONLY) as stack:
+        local = stack.ask(OUTSIDER, "next@local.test")
+        assert local[:2] == ("RCPT", 250), (local, stack.why())
+        foreign = stack.ask(OUTSIDER, "next@aho.jp")
+        if gate == "sendmail":
+            # Refused by Sendmail before relaypolicy was asked.
+            assert refused_by_sendmail(foreign), (foreign, stack.why())
+        else:
+            assert foreign[:2] == ("RCPT", 250), (foreign, stack.why())  # an open relay
+        log = stack.milter.log.read_text()
+        assert "recipient=<next@local.test> verdict=NEXT" in log, stack.why()
+        assert ("recipient=<next@aho.jp> verdict=NEXT" in log) == (gate == "milter"), log
