@@ -43,6 +43,13 @@ Relay decisions (:class:`SendmailConfig` ``gate``):
   are accepted, others only for clients Sendmail trusts (the loopback address, by its
   defaults), ``550 5.7.1 ... Relaying denied`` otherwise, before the milter is asked.
 
+``tls`` adds STARTTLS with a private CA's certificate. Its files are below ``/tmp``, a
+world-writable directory with the sticky bit, which Sendmail's file safety checks refuse
+for certificates (it then offers no STARTTLS) unless told ``TrustStickyBit``
+(``confDONT_BLAME_SENDMAIL``): the one relaxation the harness needs, and only for TLS.
+The queue and the rest pass the checks as they are (the temporary directory is root's,
+mode 0700).
+
 Starting needs root (the namespaces, and Sendmail's daemon mode), so the harness skips (or
 fails, see :mod:`realservers`) without it.
 """
@@ -54,6 +61,7 @@ import os
 import shutil
 import signal
 import smtplib
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,6 +70,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import pytest
+import trustme
 from realservers import (
     free_port,
     mta_root,
@@ -133,8 +142,9 @@ class SendmailConfig:
     cannot be reached or fails (the only safe choice; ``"R"`` would reject, ``""`` would
     carry on as if there were no filter). ``sasl_users``: SMTP AUTH (``PLAIN``, ``LOGIN``,
     ``CRAM-MD5``) for these user names and passwords, in the realm ``hostname``;
-    ``trust_auth``: Sendmail itself lets them relay (``TRUST_AUTH_MECH``). ``extra`` is
-    appended to the ``.mc`` verbatim.
+    ``trust_auth``: Sendmail itself lets them relay (``TRUST_AUTH_MECH``). ``tls``:
+    STARTTLS with a certificate for ``hostname`` from a private CA (trustme; the client
+    trusts :attr:`SendmailInstance.tls_ca`). ``extra`` is appended to the ``.mc`` verbatim.
     """
 
     local_domains: Sequence[str] = ("local.test",)
@@ -147,6 +157,7 @@ class SendmailConfig:
     daemon_name: str = "MTA"
     sasl_users: Mapping[str, str] = field(default_factory=dict)
     trust_auth: bool = False
+    tls: bool = False
     extra: str = ""
 
 
@@ -180,6 +191,15 @@ class SendmailInstance:
     @property
     def pid_file(self) -> Path:
         return self.root / "sendmail.pid"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def tls_ca(self) -> Path:
+        """The CA certificate that signed the server's (for the client's SSL context)."""
+        return self.tls_dir / "ca.pem"
 
     @property
     def sasl_dir(self) -> Path:
@@ -242,6 +262,16 @@ class SendmailInstance:
             f"Name={c.daemon_name}')dnl\n"
         )
         lines.extend(f"LOCAL_DOMAIN(`{domain}')dnl\n" for domain in c.local_domains)
+        if c.tls:
+            lines += [
+                # The instance lives under /tmp, a world-writable (sticky) directory: without
+                # this Sendmail finds the certificate files unsafe and offers no STARTTLS.
+                define("confDONT_BLAME_SENDMAIL", "TrustStickyBit"),
+                define("confCACERT_PATH", str(self.tls_dir)),
+                define("confCACERT", str(self.tls_ca)),
+                define("confSERVER_CERT", str(self.tls_dir / "server.pem")),
+                define("confSERVER_KEY", str(self.tls_dir / "server.key")),
+            ]
         if c.sasl_users:
             lines.append(define("confAUTH_MECHANISMS", SASL_MECHANISMS))
             if c.trust_auth:
@@ -281,6 +311,21 @@ class SendmailInstance:
         self.cf_file.write_text(built.stdout, encoding="utf-8")
         if self.config.sasl_users:
             self._write_sasl()
+        if self.config.tls:
+            self._write_tls()
+
+    def _write_tls(self) -> None:
+        """A private CA and a server certificate for ``hostname`` and the listening
+        address (the client connects by address); the key mode 0600 (Sendmail refuses a
+        key file that others can read, unless told ``GroupReadableKeyFile``)."""
+        ca = trustme.CA()
+        server = ca.issue_cert(self.config.hostname, self.host)
+        self.tls_dir.mkdir(mode=0o755)
+        ca.cert_pem.write_to_path(str(self.tls_ca))
+        server.cert_chain_pems[0].write_to_path(str(self.tls_dir / "server.pem"))
+        key = self.tls_dir / "server.key"
+        server.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
 
     def _write_sasl(self) -> None:
         """A ``Sendmail.conf`` for libsasl2 and a private sasldb with the users."""
@@ -445,10 +490,13 @@ def ask(
     sender: str = "sender@aho.jp",
     helo: str = "client.relaypolicy.test",
     login: tuple[str, str] | None = None,
+    starttls: bool = False,
     timeout: float = 30.0,
 ) -> Answer:
-    """One SMTP session from ``client``: EHLO, AUTH with ``login`` (user, password) when
-    given (smtplib picks the mechanism: CRAM-MD5 here), MAIL FROM, RCPT TO, QUIT; never DATA.
+    """One SMTP session from ``client``: EHLO, with ``starttls`` STARTTLS (verifying the
+    server against :attr:`SendmailInstance.tls_ca`) and EHLO again, AUTH with ``login``
+    (user, password) when given (smtplib picks the mechanism: CRAM-MD5 here), MAIL FROM,
+    RCPT TO, QUIT; never DATA.
 
     Addresses are sent exactly as given, inside angle brackets. A session per question:
     Sendmail forks a child (and, with a milter, a milter connection) per SMTP session, so
@@ -461,6 +509,10 @@ def ask(
         code, text = smtp.ehlo(helo)
         if code != 250:
             raise AssertionError(f"EHLO refused: {code} {text!r}")
+        if starttls:
+            context = ssl.create_default_context(cafile=str(instance.tls_ca))
+            smtp.starttls(context=context)
+            smtp.ehlo(helo)
         if login is not None:
             try:
                 smtp.login(*login)

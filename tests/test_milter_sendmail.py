@@ -17,6 +17,7 @@ talks to its control socket. SMTP AUTH is Cyrus SASL against a private sasldb.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import signal
 import smtplib
@@ -416,3 +417,29 @@ def test_unix_and_ipv6_filter_sockets(listen: str, socket: str, tmp_path: Path) 
                 assert refused_by_relaypolicy(stack.ask(OUTSIDER, "user@aho.jp")), stack.why()
         finally:
             assert milter.stop() == 0
+
+
+# --- TLS facts: {tls_version} after STARTTLS ------------------------------------------------
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_auth_is_taken_only_over_tls_when_the_policy_says_so(gate: Gate, tmp_path: Path) -> None:
+    """``[smtp_auth] require_tls``: the same login is refused without TLS (relaypolicy's
+    ``530 5.7.0``) and relays after STARTTLS, so Sendmail sent ``{tls_version}`` with the
+    EHLO that followed STARTTLS."""
+    config = CONFIG + "\n[smtp_auth]\nrequire_tls = true\n"
+    require_loopback_address(OUTSIDER)
+    with contextlib.ExitStack() as cleanup:
+        milter = start_milter(tmp_path, config)
+        cleanup.callback(milter.stop)
+        tls_config = dataclasses.replace(sendmail_config(gate, milter.port), tls=True)
+        sendmail = cleanup.enter_context(running_sendmail(tls_config))
+        stack = Stack(gate, sendmail, milter)
+        login = ("taro", "secret")
+        clear = ask(sendmail, OUTSIDER, "clear@aho.jp", login=login)
+        assert clear[:2] == ("RCPT", 530), (clear, stack.why())
+        assert clear.text.startswith("5.7.0"), clear
+        tls = ask(sendmail, OUTSIDER, "tls@aho.jp", login=login, starttls=True)
+        assert tls[:2] == ("RCPT", 250), (tls, stack.why())
+        log = milter.log.read_text()
+        assert "recipient=<tls@aho.jp> verdict=ACCEPT policy=sasl_permit" in log, log
