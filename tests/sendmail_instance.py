@@ -140,7 +140,9 @@ class SendmailConfig:
     ``milter``: the ``S=`` socket of ``INPUT_MAIL_FILTER`` (``inet:PORT@127.0.0.1``), or
     ``None`` for no milter. ``milter_flags`` ``"T"``: temporary failure when the filter
     cannot be reached or fails (the only safe choice; ``"R"`` would reject, ``""`` would
-    carry on as if there were no filter). ``sasl_users``: SMTP AUTH (``PLAIN``, ``LOGIN``,
+    carry on as if there were no filter). ``milter_macros``: define the
+    ``confMILTER_MACROS_*`` lists of :data:`MILTER_MACROS`; false leaves Sendmail's
+    defaults (which lack ``{daemon_port}``). ``sasl_users``: SMTP AUTH (``PLAIN``, ``LOGIN``,
     ``CRAM-MD5``) for these user names and passwords, in the realm ``hostname``;
     ``trust_auth``: Sendmail itself lets them relay (``TRUST_AUTH_MECH``). ``tls``:
     STARTTLS with a certificate for ``hostname`` from a private CA (trustme; the client
@@ -152,6 +154,7 @@ class SendmailConfig:
     milter: str | None = None
     milter_flags: str = "T"
     milter_timeouts: str = "C:5s;S:5s;R:5s;E:10s"
+    milter_macros: bool = True
     hostname: str = "mx.relaypolicy.test"
     host: str = "127.0.0.1"
     daemon_name: str = "MTA"
@@ -277,10 +280,11 @@ class SendmailInstance:
             if c.trust_auth:
                 lines.append(f"TRUST_AUTH_MECH(`{SASL_MECHANISMS}')dnl\n")
         if c.milter is not None:
-            lines.extend(
-                define(f"confMILTER_MACROS_{stage}", macros)
-                for stage, macros in MILTER_MACROS.items()
-            )
+            if c.milter_macros:
+                lines.extend(
+                    define(f"confMILTER_MACROS_{stage}", macros)
+                    for stage, macros in MILTER_MACROS.items()
+                )
             lines.append(
                 f"INPUT_MAIL_FILTER(`relaypolicy', `S={c.milter}, F={c.milter_flags}, "
                 f"T={c.milter_timeouts}')dnl\n"
@@ -441,8 +445,11 @@ def _require_namespaces() -> None:
 
 
 @contextlib.contextmanager
-def running_sendmail(config: SendmailConfig) -> Iterator[SendmailInstance]:
-    """Start a private daemon; stop it and remove its directory afterwards.
+def running_sendmail(
+    config: SendmailConfig, *, port: int | None = None
+) -> Iterator[SendmailInstance]:
+    """Start a private daemon on ``port`` (default: a free one); stop it and remove its
+    directory afterwards.
 
     Skips (or fails under ``RELAYPOLICY_REQUIRE_REAL=1``) when the unpacked Sendmail, its
     m4 macros, m4 or root are missing; fails when it is there but will not start.
@@ -457,7 +464,8 @@ def running_sendmail(config: SendmailConfig) -> Iterator[SendmailInstance]:
     require_loopback_address(config.host)
 
     root = Path(tempfile.mkdtemp(prefix="relaypolicy-sendmail-"))
-    instance = SendmailInstance(root, config, free_port(config.host), sendmail, cf_dir)
+    port = free_port(config.host) if port is None else port
+    instance = SendmailInstance(root, config, port, sendmail, cf_dir)
     try:
         instance.write_config()
         instance.start()

@@ -12,6 +12,7 @@ from relaypolicy import LocalDomainOnly, OpenRelay
 from relaypolicy.errors import ProtocolError
 from relaypolicy.milter.client import connect_packet, macro_packet, optneg
 from relaypolicy.milter.codec import (
+    SMFIF_SETSYMLIST,
     SMFIP_NOBODY,
     SMFIP_NR_CONN,
     SMFIP_NR_HELO,
@@ -63,15 +64,31 @@ def only_recipient(items: list[bytes | Recipient]) -> Recipient:
 # --- negotiation --------------------------------------------------------------------
 
 
-def test_optneg_asks_to_skip_what_we_do_not_need_and_modifies_nothing() -> None:
+def test_optneg_asks_to_skip_what_we_do_not_need_and_for_our_macros() -> None:
     codec = MilterConnection()
-    [answer] = codec.receive_data(optneg(protocol=0x1FFFFF))
-    assert answer == encode_packet(b"O", struct.pack(">III", 6, 0, WANTED_PROTOCOL))
+    [answer] = codec.receive_data(optneg(protocol=0x1FFFFF))  # Postfix's offer
+    lists = (
+        b"\0\0\0\0{client_addr} {client_port} {daemon_addr} {daemon_port} {daemon_name}\0"
+        b"\0\0\0\1{tls_version} {cipher} {cert_subject}\0"
+        b"\0\0\0\2{auth_type} {auth_authen}\0"
+    )
+    expected = struct.pack(">III", 6, SMFIF_SETSYMLIST, WANTED_PROTOCOL) + lists
+    assert answer == encode_packet(b"O", expected)
     assert codec.no_reply == SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL
 
 
+@pytest.mark.parametrize(
+    ("actions", "request_macros"), [(0x1FF & ~SMFIF_SETSYMLIST, True), (0x1FF, False)]
+)
+def test_optneg_modifies_nothing_without_setsymlist(actions: int, request_macros: bool) -> None:
+    codec = MilterConnection(request_macros=request_macros)
+    offer = encode_packet(b"O", struct.pack(">III", 6, actions, 0x1FFFFF))
+    [answer] = codec.receive_data(offer)
+    assert answer == encode_packet(b"O", struct.pack(">III", 6, 0, WANTED_PROTOCOL))
+
+
 def test_optneg_asks_only_for_what_the_mta_offers() -> None:
-    codec = MilterConnection()
+    codec = MilterConnection(request_macros=False)
     [answer] = codec.receive_data(optneg(protocol=SMFIP_NOBODY))
     assert answer == encode_packet(b"O", struct.pack(">III", 6, 0, SMFIP_NOBODY))
     # No "no reply" offered: CONNECT, HELO and MAIL are answered "continue".

@@ -443,3 +443,42 @@ def test_auth_is_taken_only_over_tls_when_the_policy_says_so(gate: Gate, tmp_pat
         assert tls[:2] == ("RCPT", 250), (tls, stack.why())
         log = milter.log.read_text()
         assert "recipient=<tls@aho.jp> verdict=ACCEPT policy=sasl_permit" in log, log
+
+
+# --- which macros arrive: Sendmail's lists, relaypolicy's request, daemon_ports -------------
+
+
+@pytest.mark.parametrize(
+    ("milter_macros", "milter_extra", "port_known"),
+    [
+        (True, "", True),  # our lists and relaypolicy's request
+        (False, "", True),  # Sendmail's default lists: relaypolicy's request brings it
+        (True, "request_macros = false", True),  # our lists alone
+        (False, "request_macros = false", False),  # neither: no server port
+        (False, "request_macros = false\ndaemon_ports = {{ MTA = {port} }}", True),
+    ],
+    ids=["lists+request", "request", "lists", "neither", "daemon_ports"],
+)
+def test_the_server_port_reaches_relaypolicy(
+    milter_macros: bool, milter_extra: str, port_known: bool, tmp_path: Path
+) -> None:
+    """``[chain.ports]`` gives Sendmail's port a chain without ``trusted_networks``: the
+    trusted client's foreign recipient is refused exactly when relaypolicy learnt the
+    server port. Sendmail 8.17 offers ``SMFIF_SETSYMLIST``, so relaypolicy's macro
+    request brings ``{daemon_port}`` even where Sendmail's own lists lack it."""
+    port = free_port()
+    config = CONFIG + f'\n[chain.ports]\n{port} = ["local_domains"]\n'
+    milter = start_milter(tmp_path, config, extra=milter_extra.format(port=port))
+    try:
+        settings = dataclasses.replace(
+            sendmail_config("milter", milter.port), milter_macros=milter_macros
+        )
+        with running_sendmail(settings, port=port) as sendmail:
+            stack = Stack("milter", sendmail, milter)
+            answer = stack.ask(TRUSTED, "user@aho.jp")
+            if port_known:
+                assert refused_by_relaypolicy(answer), (answer, stack.why())
+            else:
+                assert answer[:2] == ("RCPT", 250), (answer, stack.why())
+    finally:
+        assert milter.stop() == 0

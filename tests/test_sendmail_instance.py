@@ -8,6 +8,7 @@ Sendmail to send.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
@@ -266,7 +267,9 @@ def test_the_filter_gets_the_macros_the_harness_asks_for_and_its_reply_is_sent()
 def test_docs_give_the_macro_lines_the_harness_uses() -> None:
     """docs/milter.md's Sendmail snippets are the lines these tests run with."""
     docs = (Path(__file__).resolve().parent.parent / "docs" / "milter.md").read_text()
-    section = docs[docs.index("## Sendmail") :]
+    heading = re.search(r"^## (\d+\. )?Sendmail$", docs, re.MULTILINE)
+    assert heading is not None
+    section = docs[heading.start() :]
     for stage, macros in MILTER_MACROS.items():
         line = f"define(`confMILTER_MACROS_{stage}', `{macros}')dnl"
         assert section.count(line) == 2, line  # in the list of macros and in setup 1

@@ -22,7 +22,7 @@ from relaypolicy.policies import Policy
 __all__ = ["MilterFrontEnd", "MilterService"]
 
 # [milter] keys a reload cannot apply: the sockets are bound once.
-_RESTART_ONLY = ("listen", "socket_mode", "control_socket", "max_packet")
+_RESTART_ONLY = ("listen", "socket_mode", "control_socket")
 
 
 def _settings(config: Config) -> MilterSettings:

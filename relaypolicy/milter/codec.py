@@ -10,7 +10,9 @@ Strings in the data end with NUL.
 
 The MTA opens with ``SMFIC_OPTNEG`` (``O``: version, the actions it allows, the protocol
 steps it can skip, three 32-bit integers); the filter answers with ``O`` and the subset it
-wants. We ask to modify nothing (actions 0) and, of what the MTA offers, to skip the body,
+wants. We ask to modify nothing (of the actions, only ``SMFIF_SETSYMLIST`` when the MTA
+offers it: then the answer also names the macros we read, :data:`MACRO_REQUESTS`, which
+the MTA sends instead of its configured lists) and, of what the MTA offers, to skip the body,
 the headers, the end of headers, DATA and unknown commands (``SMFIP_NOBODY``,
 ``SMFIP_NOHDRS``, ``SMFIP_NOEOH``, ``SMFIP_NODATA``, ``SMFIP_NOUNKNOWN``), and to send no
 reply to CONNECT, HELO and MAIL (``SMFIP_NR_CONN``, ``SMFIP_NR_HELO``, ``SMFIP_NR_MAIL``):
@@ -104,6 +106,15 @@ WANTED_PROTOCOL = (
     | SMFIP_NR_CONN
     | SMFIP_NR_HELO
     | SMFIP_NR_MAIL
+)
+# SMFIF_SETSYMLIST: the one action we ask for, when offered; with it the answer to OPTNEG
+# lists, per stage (SMFIM_CONNECT 0, SMFIM_HELO 1, SMFIM_ENVFROM 2), the macros we read,
+# which the MTA then sends instead of its configured lists for that stage.
+SMFIF_SETSYMLIST = 0x100
+MACRO_REQUESTS: tuple[tuple[int, str], ...] = (
+    (0, "{client_addr} {client_port} {daemon_addr} {daemon_port} {daemon_name}"),
+    (1, "{tls_version} {cipher} {cert_subject}"),
+    (2, "{auth_type} {auth_authen}"),
 )
 _NO_REPLY = {SMFIC_CONNECT: SMFIP_NR_CONN, SMFIC_HELO: SMFIP_NR_HELO, SMFIC_MAIL: SMFIP_NR_MAIL}
 
@@ -269,7 +280,9 @@ class MilterConnection:
     """The protocol state of one connection from an MTA; see the module docstring.
 
     ``daemon_ports`` maps a ``{daemon_name}`` to its port, for an MTA that does not send
-    ``{daemon_port}`` (Sendmail names its daemons ``MTA`` and ``MSA``).
+    ``{daemon_port}`` (Sendmail names its daemons ``MTA`` and ``MSA``). ``request_macros``:
+    when the MTA offers ``SMFIF_SETSYMLIST``, ask it for the macros of
+    :data:`MACRO_REQUESTS` in the answer to OPTNEG.
     """
 
     __slots__ = (
@@ -283,14 +296,21 @@ class MilterConnection:
         "max_packet",
         "negotiated",
         "no_reply",
+        "packets",
         "quit",
+        "request_macros",
         "version",
     )
 
     def __init__(
-        self, *, max_packet: int = MAX_PACKET, daemon_ports: Mapping[str, int] | None = None
+        self,
+        *,
+        max_packet: int = MAX_PACKET,
+        daemon_ports: Mapping[str, int] | None = None,
+        request_macros: bool = True,
     ) -> None:
         self.max_packet = max_packet
+        self.request_macros = request_macros
         self.daemon_ports: Mapping[str, int] = daemon_ports or {}
         self._buffer = bytearray()
         self.failed: str | None = None
@@ -298,6 +318,7 @@ class MilterConnection:
         self.version = 0
         self.no_reply = 0  # the SMFIP_NR_* bits agreed
         self.quit = False  # QUIT received: close after writing the answers
+        self.packets = 0  # complete packets received
         self._macros: dict[bytes, dict[str, str]] = {}
         self._connect: tuple[str, str, int] | None = None  # host name, address, port
         self._helo = ""
@@ -338,6 +359,7 @@ class MilterConnection:
             command = bytes(buffer[start + 4 : start + 5])
             payload = bytes(buffer[start + 5 : start + 4 + length])
             start += 4 + length
+            self.packets += 1
             answer = self._packet(command, payload)
             if answer is not None:
                 out.append(answer)
@@ -387,7 +409,7 @@ class MilterConnection:
             raise ProtocolError("option negotiation repeated")
         if len(data) < _OPTNEG.size:
             raise ProtocolError(f"OPTNEG of {len(data)} bytes; expected at least 12")
-        version, _actions, offered = _OPTNEG.unpack_from(data)
+        version, actions, offered = _OPTNEG.unpack_from(data)
         if version < 2:
             raise ProtocolError(f"milter protocol version {version}; need 2 or later")
         self.version = min(version, MILTER_VERSION)
@@ -396,7 +418,15 @@ class MilterConnection:
             protocol &= ~(SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL)
         self.no_reply = protocol & (SMFIP_NR_CONN | SMFIP_NR_HELO | SMFIP_NR_MAIL)
         self.negotiated = True
-        return encode_packet(SMFIC_OPTNEG, _OPTNEG.pack(self.version, 0, protocol))
+        lists = b""
+        if self.request_macros and self.version >= 6 and actions & SMFIF_SETSYMLIST:
+            actions = SMFIF_SETSYMLIST
+            lists = b"".join(
+                struct.pack(">I", stage) + names.encode() + b"\0" for stage, names in MACRO_REQUESTS
+            )
+        else:
+            actions = 0
+        return encode_packet(SMFIC_OPTNEG, _OPTNEG.pack(self.version, actions, protocol) + lists)
 
     def _define(self, data: bytes) -> None:
         if not data:

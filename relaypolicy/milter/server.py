@@ -148,8 +148,11 @@ class _MilterProtocol(asyncio.Protocol):
 
     def __init__(self, server: MilterServer) -> None:
         self.server = server
+        settings = server.settings
         self.codec = MilterConnection(
-            max_packet=server.settings.max_packet, daemon_ports=server._daemon_ports
+            max_packet=settings.max_packet,
+            daemon_ports=server._daemon_ports,
+            request_macros=settings.request_macros,
         )
         self.peer = "?"
         self.transport: asyncio.Transport | None = None
@@ -190,6 +193,7 @@ class _MilterProtocol(asyncio.Protocol):
         now = self._last_data = self._loop.time()
         server = self.server
         codec = self.codec
+        packets = codec.packets
         try:
             items = codec.receive_data(data)
         except ProtocolError as exc:
@@ -197,12 +201,11 @@ class _MilterProtocol(asyncio.Protocol):
             log.warning("%s: milter protocol error, closing the connection: %s", self.peer, exc)
             transport.close()
             return
-        if codec.in_packet:
-            if self._packet_started is None:
-                self._packet_started = now
-                self._reschedule()
-        else:
+        if not codec.in_packet:
             self._packet_started = None
+        elif self._packet_started is None or codec.packets != packets:
+            self._packet_started = now  # a packet began in this read and is not complete
+            self._reschedule()
         if items:
             peer = self.peer
             transport.write(

@@ -25,6 +25,7 @@ MILTER_KEYS = (
     "max_connections",
     "max_packet",
     "daemon_ports",
+    "request_macros",
 )
 
 
@@ -40,7 +41,9 @@ class MilterSettings:
     many open connections a new one is closed at once (the MTA applies its default action,
     tempfail, to that session). ``max_packet``: the largest packet accepted, in bytes.
     ``daemon_ports``: ``{daemon_name}`` to port, for an MTA that does not send
-    ``{daemon_port}``. ``log_format`` comes from ``[log]``.
+    ``{daemon_port}``. ``request_macros``: ask the MTA, when it negotiates, for the macros
+    relaypolicy reads (``SMFIF_SETSYMLIST``; they replace the MTA's configured lists for
+    this filter). ``log_format`` comes from ``[log]``.
     """
 
     listen: tuple[str, ...] = ("127.0.0.1:9997",)
@@ -51,6 +54,7 @@ class MilterSettings:
     max_connections: int = 200
     max_packet: int = MAX_PACKET
     daemon_ports: tuple[tuple[str, int], ...] = ()
+    request_macros: bool = True
     log_format: str = "text"
 
 
@@ -90,4 +94,5 @@ def parse_milter(table: object) -> MilterSettings:
         max_connections=section.integer("max_connections", 200, low=1, high=1_000_000),
         max_packet=section.integer("max_packet", MAX_PACKET, low=1024, high=16 * 1024 * 1024),
         daemon_ports=tuple(daemon_ports),
+        request_macros=section.boolean("request_macros", True),
     )
