@@ -182,18 +182,19 @@ def test_pop_before_smtp_login_relays_until_it_expires(stack: Stack) -> None:
     refuses the stranger before relaypolicy is asked: POP-before-SMTP cannot open it
     (docs/milter.md)."""
     milter = stack.milter
-    assert not refused_by_relaypolicy(stack.ask(OUTSIDER, "user@local.test"))
-    assert stack.ask(OUTSIDER, "user@aho.jp").code >= 500
+    refused = refused_by_relaypolicy if stack.gate == "milter" else refused_by_sendmail
+    before = stack.ask(OUTSIDER, "user@aho.jp")
+    assert refused(before), (before, stack.why())
     try:
-        added = milter.ctl("add", OUTSIDER, "--ttl", "3", "--user", "taro")
+        added = milter.ctl("add", OUTSIDER, "--ttl", "5", "--user", "taro")
         assert added["ok"] is True, added
         answer = stack.ask(OUTSIDER, "user@aho.jp")
         if stack.gate == "sendmail":
             assert refused_by_sendmail(answer), (answer, stack.why())
             return
         assert answer[:2] == ("RCPT", 250), (answer, stack.why())
-        # real-time: a real process on a real clock; wait out the 3 s allowance (bounded).
-        deadline = time.monotonic() + 20
+        # real-time: a real process on a real clock; wait out the 5 s allowance (bounded).
+        deadline = time.monotonic() + 30
         while answer.code == 250 and time.monotonic() < deadline:
             time.sleep(0.5)
             answer = stack.ask(OUTSIDER, "user@aho.jp")
