@@ -513,6 +513,9 @@ def ask(
     if any(c in recipient + sender for c in "\r\n"):
         raise ValueError("CR and LF cannot be sent inside an SMTP command")
     smtp = smtplib.SMTP(instance.host, instance.port, timeout=timeout, source_address=(client, 0))
+    # Non-ASCII is sent as UTF-8 bytes, without SMTPUTF8 (Sendmail here does not offer it):
+    # what a client that ignores the extension sends.
+    smtp.command_encoding = "utf-8"
     try:
         code, text = smtp.ehlo(helo)
         if code != 250:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import signal
 import smtplib
@@ -25,17 +26,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pytest
+import test_postfix_differential as differential
 from milter_process import start_milter
 from realservers import free_port, require_binary, require_loopback_address, tail
 from sendmail_instance import Answer, SendmailConfig, SendmailInstance, ask, running_sendmail
 from serve_process import Service
 
+from relaypolicy import Verdict
 from relaypolicy.cli import main
 from relaypolicy.testing.probes import relay_probes
 
@@ -483,3 +486,92 @@ def test_the_server_port_reaches_relaypolicy(
                 assert answer[:2] == ("RCPT", 250), (answer, stack.why())
     finally:
         assert milter.stop() == 0
+
+
+# --- the Postfix differential corpus through Sendmail ----------------------------------------
+
+
+def _toml_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(json.dumps(value) for value in values) + "]"
+
+
+DIFFERENTIAL_CONFIG = f"""\
+[domains]
+local = {_toml_list(differential.MYDESTINATION)}
+relay = {_toml_list(differential.RELAY_DOMAINS)}
+
+[networks]
+trusted = {_toml_list(differential.MYNETWORKS)}
+
+[chain]
+steps = ["trusted_networks", "local_domains"]
+
+[log]
+level = "warning"
+"""
+
+# relaypolicy would accept, Sendmail refuses first (its own reply): recipient -> why.
+SENDMAIL_STRICTER: dict[str, str] = {
+    "@:user@local.test": "553 5.1.3 Invalid route address (an empty source route)",
+    '""@local.test': "553 5.1.3 User address required (an empty quoted local part)",
+    '"a\\"b"@local.test': "550 5.1.1 User unknown (a backslash: Sendmail looks the user up)",
+}
+
+
+def relaypolicys_reply(answer: Answer) -> bool:
+    """A reply in relaypolicy's words (Sendmail's own carry ``<rcpt>... ``)."""
+    return answer.stage == "RCPT" and (
+        "Relay access denied" in answer.text or answer.text == "5.1.3 Bad recipient address syntax"
+    )
+
+
+def test_the_postfix_differential_corpus_through_sendmail(tmp_path: Path) -> None:
+    """Every recipient of tests/test_postfix_differential.py from the untrusted client,
+    relaypolicy the only gate: Sendmail never accepts what relaypolicy refuses on the
+    client's text (``decide``, in process); where relaypolicy answers, its code is the
+    in-process one; Sendmail refuses first only the ASCII cases of
+    :data:`SENDMAIL_STRICTER`, and a non-ASCII address (sent as UTF-8 without SMTPUTF8,
+    which Sendmail does not offer) with its "8-bit character in mailbox address"."""
+    require_loopback_address(OUTSIDER)
+    local = [domain for domain in differential.MYDESTINATION if domain.isascii()]
+    with contextlib.ExitStack() as cleanup:
+        milter = start_milter(tmp_path, DIFFERENTIAL_CONFIG)
+        cleanup.callback(milter.stop)
+        config = dataclasses.replace(
+            sendmail_config("milter", milter.port), local_domains=local, sasl_users={}
+        )
+        sendmail = cleanup.enter_context(running_sendmail(config))
+        answers = [
+            (
+                case,
+                differential.decide(case),
+                ask(sendmail, OUTSIDER, case.recipient, sender=case.sender),
+            )
+            for case in differential.ALL_CASES
+        ]
+    assert len(answers) > 150
+    relayed = [(c.recipient, str(a)) for c, d, a in answers if a.code < 300 and d.code >= 300]
+    assert relayed == []
+    differ = [
+        (c.recipient, d.code, str(a))
+        for c, d, a in answers
+        if relaypolicys_reply(a) and a.code != d.code
+    ]
+    assert differ == []
+    stricter = {
+        c.recipient: a
+        for c, d, a in answers
+        if d.verdict is Verdict.ACCEPT and a.code >= 300 and c.recipient.isascii()
+    }
+    assert set(stricter) == set(SENDMAIL_STRICTER), stricter
+    assert not any(relaypolicys_reply(answer) for answer in stricter.values()), stricter
+    eight_bit = [(c.recipient, a) for c, _, a in answers if not c.recipient.isascii()]
+    assert len(eight_bit) > 10
+    for recipient, answer in eight_bit:
+        if answer.code >= 300:
+            assert relaypolicys_reply(answer) or "8-bit character" in answer.text, (
+                recipient,
+                answer,
+            )
+    # Some pass Sendmail's 8-bit check and reach relaypolicy, which decides as in process.
+    assert any(relaypolicys_reply(answer) for _, answer in eight_bit)
