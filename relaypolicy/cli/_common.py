@@ -18,10 +18,15 @@ Below 64 each command keeps its own meaning (``check``: the verdict; ``config ch
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
-from collections.abc import Iterable
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn, Protocol
+
+from relaypolicy.config import Config
+from relaypolicy.daemon.logging import configure_logging
+from relaypolicy.listeners import Listener
 
 __all__ = [
     "EX_CONFIG",
@@ -30,9 +35,11 @@ __all__ = [
     "EX_UNAVAILABLE",
     "EX_USAGE",
     "Parser",
+    "add_service_arguments",
     "cannot_listen",
     "error",
     "file_status",
+    "run_service",
 ]
 
 EX_USAGE = 64  # a command line that cannot be understood
@@ -85,3 +92,63 @@ def cannot_listen(exc: OSError, addresses: Iterable[str]) -> str:
     if text.startswith("cannot "):
         return text
     return f"cannot listen on {', '.join(addresses)}: {text}"
+
+
+# --- the long-running front ends (serve, milter, exim) ----------------------------------
+
+
+class _FrontEnd(Protocol):
+    @property
+    def listeners(self) -> Sequence[Listener]: ...
+
+
+class _Service(Protocol):
+    """What :func:`run_service` needs of a runtime (``daemon/serve.py`` and its siblings)."""
+
+    manages_logging: bool
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def front_end(self) -> _FrontEnd: ...
+
+    async def run(self) -> int: ...
+
+
+def add_service_arguments(parser: argparse.ArgumentParser, section: str) -> None:
+    """``--config FILE`` and ``--listen ADDRESS`` (instead of ``<section>.listen``)."""
+    parser.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS",
+        help=f"listen here instead of {section}.listen (HOST:PORT, [::1]:PORT or "
+        "unix:/path; repeat for more)",
+    )
+
+
+def run_service(
+    command: str, make: Callable[[str, list[str] | None], _Service], args: argparse.Namespace
+) -> int:
+    """Build the service from ``args.config`` and ``args.listen`` and serve until SIGTERM
+    or SIGINT: 0 (74 when the table could not be saved), or 66 for a configuration file
+    that cannot be read, 78 for one that cannot be used, 64 for a bad ``--listen``, 71 when
+    a socket cannot be bound (the message names it)."""
+
+    async def serve() -> int:
+        try:
+            service = make(args.config, args.listen)
+        except (OSError, ValueError) as exc:
+            bad_listen = args.listen and str(exc).startswith("listener ")
+            status = EX_USAGE if bad_listen else file_status(args.config)
+            return error(command, str(exc), status)
+        configure_logging(service.config.log)
+        service.manages_logging = True  # a reload applies [log] changes
+        try:
+            return await service.run()
+        except OSError as exc:
+            where = [str(listener) for listener in service.front_end.listeners]
+            return error(command, cannot_listen(exc, where), EX_OSERR)
+
+    return asyncio.run(serve())

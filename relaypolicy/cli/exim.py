@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
-from relaypolicy.cli._common import EX_OSERR, EX_USAGE, cannot_listen, error, file_status
+from relaypolicy.cli._common import add_service_arguments, run_service
 from relaypolicy.daemon.exim import EximService
-from relaypolicy.daemon.logging import configure_logging
 
 __all__ = ["add_parser", "run"]
 
@@ -24,14 +22,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "configuration (a broken file is reported and the old policy keeps serving).",
         epilog="The ACL to paste into Exim's configuration is in docs/exim.md.",
     )
-    exim.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration")
-    exim.add_argument(
-        "--listen",
-        action="append",
-        metavar="ADDRESS",
-        help="listen here instead of exim.listen (HOST:PORT, [::1]:PORT or unix:/path; "
-        "repeat for more)",
-    )
+    add_service_arguments(exim, "exim")
     return exim
 
 
@@ -39,20 +30,4 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or SIGINT; 0, or 66 for a configuration file that cannot be
     read, 78 for one that cannot be used (no ``[exim]`` section among others), 64 for a bad
     ``--listen``, 71 when a socket cannot be bound (the message names it)."""
-
-    async def serve() -> int:
-        try:
-            service = EximService(args.config, listen=args.listen)
-        except (OSError, ValueError) as exc:
-            bad_listen = args.listen and str(exc).startswith("listener ")
-            status = EX_USAGE if bad_listen else file_status(args.config)
-            return error("exim", str(exc), status)
-        configure_logging(service.config.log)
-        service.manages_logging = True  # a reload applies [log] changes
-        try:
-            return await service.run()
-        except OSError as exc:
-            where = [str(listener) for listener in service.front_end.listeners]
-            return error("exim", cannot_listen(exc, where), EX_OSERR)
-
-    return asyncio.run(serve())
+    return run_service("exim", lambda config, listen: EximService(config, listen=listen), args)
