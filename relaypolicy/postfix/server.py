@@ -5,7 +5,8 @@ feeds the bytes it receives to the codec, asks the current policy for every comp
 request and writes the answers, in order, in one write. A protocol error is logged with
 the peer and what was wrong, nothing is sent, and only that connection is closed.
 
-Two clocks per connection, one timer:
+Two clocks per connection, one timer (the lifecycle shared by every server,
+:class:`relaypolicy.connections.TimedConnection`):
 
 - ``idle_timeout``: a connection that sends nothing for this long is closed, between
   requests or within one (Postfix reconnects; its own ``smtpd_policy_service_max_idle``
@@ -41,8 +42,9 @@ from collections.abc import Sequence
 
 import attrs
 
+from relaypolicy.connections import TimedConnection
 from relaypolicy.decisions import Decider
-from relaypolicy.listeners import Listener, Listening, parse_listener, peer_name
+from relaypolicy.listeners import Listener, Listening, parse_listener
 from relaypolicy.policies import Policy
 from relaypolicy.postfix.codec import (
     PolicyConnection,
@@ -160,44 +162,34 @@ class PolicyServer:
         )
 
 
-class _PolicyProtocol(asyncio.Protocol):
+class _PolicyProtocol(TimedConnection):
     """One connection: bytes to the codec, requests to the server, answers to the peer.
 
-    Both clocks share one timer per connection, not one per read: it fires at the
-    earlier deadline it knew of when set, and sets itself again if bytes arrived since.
-    Only a request that starts without completing in the same read moves it earlier.
+    The lifecycle (admission, the one timer, back-pressure) is
+    :class:`~relaypolicy.connections.TimedConnection`'s; the unit is a request. Only a
+    request that starts without completing in the same read moves the timer earlier.
     """
 
+    log = log
+    server: PolicyServer
+
     def __init__(self, server: PolicyServer) -> None:
-        self.server = server
+        super().__init__(server)
         self.codec = PolicyConnection()
-        self.peer = "?"
-        self.transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self.closed: asyncio.Future[None] = self._loop.create_future()  # connection_lost
-        self._last_data = 0.0
         self._last_answer = 0.0  # or when connected: the eviction order
-        self._request_started: float | None = None  # first byte of an incomplete request
-        self._timer: asyncio.TimerHandle | None = None
-        self._writing_paused = False
-        self._paused_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        server = self.server
-        self.peer = peer_name(transport)
-        connections = server._connections
-        if server._closing:
-            server.counters["connections-refused"] += 1
-            transport.close()
-            return
-        if len(connections) >= server.settings.max_connections:
-            min(connections, key=_last_answer).evict(self.peer)
-        self.transport = transport
-        connections.add(self)
-        server.counters["connections"] += 1
-        self._last_data = self._last_answer = self._loop.time()
-        self._timer = self._loop.call_at(self._deadline(), self._expire)
+        super().connection_made(transport)
+        self._last_answer = self._last_data
+
+    def _timeouts(self) -> tuple[float, float]:
+        settings = self.server.settings
+        return settings.idle_timeout, settings.request_timeout
+
+    def _make_room(self) -> bool:
+        """Full: close the connection that has gone longest without an answer."""
+        min(self.server._connections, key=_last_answer).evict(self.peer)
+        return True
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -206,7 +198,7 @@ class _PolicyProtocol(asyncio.Protocol):
         now = self._last_data = self._loop.time()
         server = self.server
         codec = self.codec
-        started = self._request_started
+        started = self._unit_started
         try:
             requests = codec.receive_data(data)
         except ProtocolError as exc:
@@ -215,9 +207,9 @@ class _PolicyProtocol(asyncio.Protocol):
             transport.close()
             return
         if codec.in_request and (requests or started is None):
-            self._start_request(now)  # rare: Postfix writes a whole request at once
+            self._start_unit(now)  # rare: Postfix writes a whole request at once
         elif started is not None and not codec.in_request:
-            self._request_started = None
+            self._unit_started = None
         if not requests:
             return
         self._last_answer = now
@@ -229,66 +221,13 @@ class _PolicyProtocol(asyncio.Protocol):
         if server._closing:
             transport.close()
 
-    def _start_request(self, now: float) -> None:
-        """A request began in this read and is not complete: its deadline may be first."""
-        self._request_started = now
-        deadline = now + self.server.settings.request_timeout
-        timer = self._timer
-        if timer is not None and timer.when() > deadline:
-            timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._expire)
-
     def eof_received(self) -> bool | None:
         if self.codec.in_request:
             log.warning("%s: connection closed in the middle of a request", self.peer)
         return None  # the transport closes itself (after writing what is buffered)
 
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-        self._paused_at = self._loop.time()
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        # Neither clock ran while this server was not reading.
-        self._writing_paused = False
-        now = self._last_data = self._loop.time()
-        if self._request_started is not None:
-            self._start_request(self._request_started + now - self._paused_at)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.transport is not None:
-            self.server._connections.discard(self)
-            if exc is not None:
-                log.info("%s: connection lost: %s", self.peer, exc)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def _deadline(self) -> float:
-        """When this connection is closed unless bytes arrive (idle) or a request ends."""
-        settings = self.server.settings
-        deadline = self._last_data + settings.idle_timeout
-        if self._request_started is not None:
-            deadline = min(deadline, self._request_started + settings.request_timeout)
-        return deadline
-
-    def _expire(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        now = self._loop.time()
-        if self._writing_paused:  # back-pressure: look again later
-            self._timer = self._loop.call_later(self.server.settings.idle_timeout, self._expire)
-            return
-        deadline = self._deadline()
-        if deadline > now:
-            self._timer = self._loop.call_at(deadline, self._expire)
-            return
-        started = self._request_started
+    def _timed_out(self, now: float) -> None:
+        started = self._unit_started
         if started is not None and started + self.server.settings.request_timeout <= now:
             self.server.counters["request-timeouts"] += 1
             log.warning(
@@ -299,7 +238,6 @@ class _PolicyProtocol(asyncio.Protocol):
         elif self.codec.in_request:
             self.server.counters["protocol-errors"] += 1
             log.warning("%s: client stopped in the middle of a request; closing", self.peer)
-        transport.close()
 
     def evict(self, newcomer: str) -> None:
         """Make room for ``newcomer``: the server is full and this one waited longest."""
@@ -324,15 +262,6 @@ class _PolicyProtocol(asyncio.Protocol):
                 self.transport.abort()
             else:
                 self.transport.close()
-
-    def close(self) -> None:
-        """Close after the answers already written have gone out."""
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
 
 def _last_answer(connection: _PolicyProtocol) -> float:
