@@ -15,7 +15,9 @@ logged with the peer and what was wrong, and that connection alone is closed; th
 then applies its default action (configure it as tempfail: ``docs/milter.md``). One
 timer per connection closes it when it sends nothing for ``idle_timeout`` seconds, or
 when a packet is not complete ``packet_timeout`` seconds after its first byte. At
-``max_connections`` a new connection is closed at once and counted.
+``max_connections`` a new connection is closed at once and counted. While the MTA does
+not read its answers, the connection is not read either, and neither clock runs (the
+lifecycle shared by every server: :class:`relaypolicy.connections.TimedConnection`).
 
 The decider's policy is read for every recipient, so a reload takes effect between two
 recipients, never within one.
@@ -28,8 +30,9 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
+from relaypolicy.connections import TimedConnection
 from relaypolicy.decisions import Decider
-from relaypolicy.listeners import Listener, Listening, peer_name
+from relaypolicy.listeners import Listener, Listening
 from relaypolicy.milter.codec import (
     MilterConnection,
     ProtocolError,
@@ -123,48 +126,37 @@ class MilterServer:
         return encode_decision(self.decider.decide(request, peer=peer))
 
 
-class _MilterProtocol(asyncio.Protocol):
-    """One MTA connection: bytes to the codec, recipients to the server, answers back."""
+class _MilterProtocol(TimedConnection):
+    """One MTA connection: bytes to the codec, recipients to the server, answers back.
+
+    The lifecycle is :class:`~relaypolicy.connections.TimedConnection`'s; the unit is a
+    packet.
+    """
+
+    log = log
+    server: MilterServer
 
     def __init__(self, server: MilterServer) -> None:
-        self.server = server
+        super().__init__(server)
         settings = server.settings
         self.codec = MilterConnection(
             max_packet=settings.max_packet,
             daemon_ports=server._daemon_ports,
             request_macros=settings.request_macros,
         )
-        self.peer = "?"
-        self.transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self.closed: asyncio.Future[None] = self._loop.create_future()
-        self._last_data = 0.0
-        self._packet_started: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        server = self.server
-        self.peer = peer_name(transport)
-        if server._closing:
-            server.counters["connections-refused"] += 1
-            transport.close()
-            return
-        if len(server._connections) >= server.settings.max_connections:
-            server.counters["connections-refused"] += 1
+    def _timeouts(self) -> tuple[float, float]:
+        settings = self.server.settings
+        return settings.idle_timeout, settings.packet_timeout
+
+    def _turn_away(self, transport: asyncio.Transport, closing: bool) -> None:
+        if not closing:
             log.warning(
                 "%s: %d connections open; closing the new one (the MTA applies its default "
                 "action to this session)",
                 self.peer,
-                server.settings.max_connections,
+                self.server.settings.max_connections,
             )
-            transport.close()
-            return
-        self.transport = transport
-        server._connections.add(self)
-        server.counters["connections"] += 1
-        self._last_data = self._loop.time()
-        self._timer = self._loop.call_at(self._deadline(), self._expire)
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -182,10 +174,9 @@ class _MilterProtocol(asyncio.Protocol):
             transport.close()
             return
         if not codec.in_packet:
-            self._packet_started = None
-        elif self._packet_started is None or codec.packets != packets:
-            self._packet_started = now  # a packet began in this read and is not complete
-            self._reschedule()
+            self._unit_started = None
+        elif self._unit_started is None or codec.packets != packets:
+            self._start_unit(now)  # a packet began in this read and is not complete
         if items:
             peer = self.peer
             transport.write(
@@ -201,58 +192,17 @@ class _MilterProtocol(asyncio.Protocol):
             log.warning("%s: connection closed in the middle of a packet", self.peer)
         return None
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.transport is not None:
-            self.server._connections.discard(self)
-            if exc is not None:
-                log.info("%s: connection lost: %s", self.peer, exc)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def _deadline(self) -> float:
-        settings = self.server.settings
-        deadline = self._last_data + settings.idle_timeout
-        if self._packet_started is not None:
-            deadline = min(deadline, self._packet_started + settings.packet_timeout)
-        return deadline
-
-    def _reschedule(self) -> None:
-        deadline = self._deadline()
-        timer = self._timer
-        if timer is not None and timer.when() > deadline:
-            timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._expire)
-
-    def _expire(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        now = self._loop.time()
-        deadline = self._deadline()
-        if deadline > now:
-            self._timer = self._loop.call_at(deadline, self._expire)
-            return
+    def _timed_out(self, now: float) -> None:
         counters = self.server.counters
-        if self._packet_started is not None:
+        if self._unit_started is not None:
             counters["packet-timeouts"] += 1
             log.warning(
                 "%s: packet not complete %.0f s after its first byte; closing",
                 self.peer,
-                now - self._packet_started,
+                now - self._unit_started,
             )
         else:
             counters["idle-timeouts"] += 1
             log.warning(
                 "%s: nothing received for %.0f s; closing", self.peer, now - self._last_data
             )
-        transport.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
