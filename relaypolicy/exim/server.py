@@ -32,6 +32,7 @@ import asyncio
 import logging
 from collections import Counter
 
+from relaypolicy.connections import TimedConnection
 from relaypolicy.decisions import Decider
 from relaypolicy.errors import ProtocolError
 from relaypolicy.exim.codec import (
@@ -41,7 +42,7 @@ from relaypolicy.exim.codec import (
     encode_answer,
 )
 from relaypolicy.exim.settings import EximSettings
-from relaypolicy.listeners import Listener, Listening, peer_name
+from relaypolicy.listeners import Listener, Listening
 from relaypolicy.model import defer
 from relaypolicy.policies import Policy
 from relaypolicy.replies import CANNOT_EVALUATE, NO_CLIENT_ADDRESS
@@ -106,37 +107,39 @@ class EximServer:
         return encode_answer(self.decider.decide(request, peer=peer))
 
 
-class _EximProtocol(asyncio.Protocol):
-    """One connection: lines to the codec, requests to the server, answers back."""
+class _EximProtocol(TimedConnection):
+    """One connection: lines to the codec, requests to the server, answers back.
+
+    The lifecycle is :class:`~relaypolicy.connections.TimedConnection`'s. Its unit clock
+    always runs here: it starts when the connection opens and again whenever every line
+    received is answered, so a connection has ``request_timeout`` to bring each whole line
+    (the idle clock, the same length, never comes first).
+    """
+
+    log = log
+    server: EximServer
 
     def __init__(self, server: EximServer) -> None:
-        self.server = server
+        super().__init__(server)
         self.codec = EximConnection()
-        self.peer = "?"
-        self.transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
-        self.closed: asyncio.Future[None] = self._loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        server = self.server
-        self.transport = transport
-        self.peer = peer_name(transport)
-        if server._closing or len(server._connections) >= server.settings.max_connections:
-            server.counters["connections-refused"] += 1
-            log.warning("%s: %d connections open; deferring", self.peer, len(server._connections))
-            transport.write(CANNOT_EVALUATE_ANSWER)
-            transport.close()
-            return
-        server._connections.add(self)
-        server.counters["connections"] += 1
-        self._timer = self._loop.call_later(server.settings.request_timeout, self._expire)
+        super().connection_made(transport)
+        self._unit_started = self._last_data
+
+    def _timeouts(self) -> tuple[float, float]:
+        timeout = self.server.settings.request_timeout
+        return timeout, timeout
+
+    def _turn_away(self, transport: asyncio.Transport, closing: bool) -> None:
+        log.warning("%s: %d connections open; deferring", self.peer, len(self.server._connections))
+        transport.write(CANNOT_EVALUATE_ANSWER)
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        now = self._last_data = self._loop.time()
         server = self.server
         try:
             requests = self.codec.receive_data(data)
@@ -147,9 +150,8 @@ class _EximProtocol(asyncio.Protocol):
             return
         if requests:
             transport.write(b"".join([server.answer(r, self.peer) for r in requests]))
-            if not self.codec.in_request and self._timer is not None:
-                self._timer.cancel()  # a new line gets a new clock
-                self._timer = self._loop.call_later(server.settings.request_timeout, self._expire)
+            if not self.codec.in_request:
+                self._unit_started = now  # a new line gets a new clock
 
     def eof_received(self) -> bool | None:
         try:
@@ -165,27 +167,9 @@ class _EximProtocol(asyncio.Protocol):
             self.transport.write(CANNOT_EVALUATE_ANSWER)
             self.transport.close()
 
-    def _expire(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+    def _timed_out(self, now: float) -> None:
         if self.codec.in_request:
             self.server.counters["request-timeouts"] += 1
             log.warning("%s: no whole request line in time; deferring", self.peer)
-            transport.write(CANNOT_EVALUATE_ANSWER)
-        transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.server._connections.discard(self)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+            assert self.transport is not None
+            self.transport.write(CANNOT_EVALUATE_ANSWER)
