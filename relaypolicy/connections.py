@@ -83,7 +83,7 @@ class TimedConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()  # connection_lost
         self._last_data = 0.0
-        self._unit_started: float | None = None  # the first byte of an incomplete unit
+        self._unit_started: float | None = None  # when the unit in hand started, or None
         self._timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._paused_at = 0.0
