@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from postfix_instance import Reply
-from realservers import free_port, require_mta, require_root, tail, wait_for_port
+from realservers import free_port, require_mta, require_root, tail, terminate, wait_for_port
 from serve_process import Service, start_daemon
 
 __all__ = [
@@ -165,12 +164,7 @@ class EximInstance:
                 pytest.fail(f"exim did not listen:\n{tail(log)}\n{tail(self.mainlog)}")
             yield process
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=20)
+            terminate(process)
 
 
 def parse_replies(stdout: str) -> list[Reply]:
