@@ -46,7 +46,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench_serve import RELAYPOLICY_CONFIG, make_workload, policy_client, start_serve
 from loadgen import (
     Client,
     Run,
@@ -61,6 +60,7 @@ from loadgen import (
     run_load,
     start_relaypolicy,
 )
+from workload import RELAYPOLICY_CONFIG, make_workload, policy_client, start_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ACL_FILE = ROOT / "contrib" / "exim" / "relaypolicy-rcpt.acl"

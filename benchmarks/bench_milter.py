@@ -37,7 +37,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bench_serve import RELAYPOLICY_CONFIG, make_workload, policy_client, start_serve
 from loadgen import (
     Client,
     Run,
@@ -54,6 +53,7 @@ from loadgen import (
     run_load,
     start_relaypolicy,
 )
+from workload import RELAYPOLICY_CONFIG, make_workload, policy_client, start_serve
 
 from relaypolicy.milter.client import connect_packet, macro_packet, optneg
 from relaypolicy.milter.codec import encode_packet
