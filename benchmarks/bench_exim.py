@@ -27,6 +27,7 @@ RCPT (the ACL's expansions, a TCP connection, relaypolicy's decision). The best 
 ``--repeat`` sessions each way is used.
 
     python benchmarks/bench_exim.py [--duration S] [--connections 1,8] [--rcpts N]
+                                    [--repeat K] [--plot FILE.png]
 
 Exit status: 0; 1 when an answer is wrong.
 """
@@ -37,30 +38,29 @@ import argparse
 import base64
 import contextlib
 import os
-import selectors
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import (
-    RELAYPOLICY_CONFIG,
+from loadgen import (
+    Client,
     Run,
     Server,
-    cpu_seconds,
+    add_load_arguments,
+    connection_counts,
     free_port,
-    make_workload,
+    log_note,
+    plot_runs,
+    print_table,
+    report_noise,
     run_load,
     start_relaypolicy,
-    system_busy_seconds,
-    wait_for_port,
 )
+from workload import RELAYPOLICY_CONFIG, make_workload, policy_client, start_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 ACL_FILE = ROOT / "contrib" / "exim" / "relaypolicy-rcpt.acl"
@@ -82,162 +82,44 @@ EXIM_FIELDS = (
 )
 
 
-@dataclass
-class EximWorkload:
-    """The RCPT requests of bench_serve's workload, in both encodings, with verdicts."""
+def exim_line(request: bytes) -> bytes:
+    """The line the shipped ACL sends for this Postfix request's facts."""
+    attributes = dict(line.partition("=")[::2] for line in request.decode().split("\n") if line)
+    words = [b"v1"]
+    for name in EXIM_FIELDS:
+        words.append(f"{name}=".encode() + base64.b64encode(attributes[name].encode()))
+    rcpt = f"<{attributes['recipient']}>"
+    words.append(b"rcpt=" + base64.b64encode(rcpt.encode()))
+    return b" ".join(words) + b"\n"
 
-    postfix: list[bytes] = field(default_factory=list)
-    postfix_answers: list[bytes] = field(default_factory=list)
-    postfix_verdicts: list[str] = field(default_factory=list)
-    exim: list[bytes] = field(default_factory=list)
-    accepts: list[bool] = field(default_factory=list)
 
+def exim_client(lines: list[bytes], accepts: list[bool], *, persistent: bool) -> Client:
+    """The load run's client for Exim's socket: with ``persistent``, lines on kept
+    connections, else one connection per request (readsocket's way); each answer checked
+    (``accept``, or ``deny 554 ...``)."""
 
-def make_exim_workload(count: int, seed: int) -> EximWorkload:
-    workload = make_workload(count, seed)
-    out = EximWorkload()
-    for request, answer, verdict in zip(
-        workload.requests, workload.answers, workload.verdicts, strict=True
-    ):
-        if verdict == "DUNNO":  # another protocol state: Exim asks at RCPT only
-            continue
-        attributes = dict(line.partition("=")[::2] for line in request.decode().split("\n") if line)
-        words = [b"v1"]
-        for name in EXIM_FIELDS:
-            words.append(f"{name}=".encode() + base64.b64encode(attributes[name].encode()))
-        rcpt = f"<{attributes['recipient']}>"
-        words.append(b"rcpt=" + base64.b64encode(rcpt.encode()))
-        out.postfix.append(request)
-        out.postfix_answers.append(answer)
-        out.postfix_verdicts.append(verdict)
-        out.exim.append(b" ".join(words) + b"\n")
-        out.accepts.append(verdict == "OK")
-    return out
+    def judge(i: int, answer: bytes) -> str:
+        if accepts[i]:
+            return "OK" if answer == b"accept\n" else "wrong"
+        return "REJECT" if answer.startswith(b"deny 554 ") else "wrong"
+
+    return Client(
+        lines,
+        judge,
+        expected=lambda i: "accept" if accepts[i] else "deny 554",
+        complete=lambda answer: answer[-1:] == b"\n",
+        per_request=not persistent,
+    )
 
 
 def start_relaypolicy_exim(tmp: Path) -> Server:
     port = free_port()
     text = RELAYPOLICY_CONFIG.format(port=free_port(), level="info")
     text += f'\n[exim]\nlisten = ["127.0.0.1:{port}"]\n'
-    config = tmp / "relaypolicy-exim.toml"
-    config.write_text(text)
-    log = (tmp / "relaypolicy-exim.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relaypolicy", "exim", "--config", str(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-    )
-    log.close()
-    server = Server("relaypolicy exim", port, proc.pid, "log level info", proc)
-    try:
-        wait_for_port(port, "relaypolicy exim", proc)
-    except RuntimeError:
-        server.stop()
-        raise
-    return server
-
-
-def run_exim_load(
-    server: Server,
-    workload: EximWorkload,
-    connections: int,
-    duration: float,
-    warmup: float,
-    *,
-    persistent: bool,
-) -> Run:
-    """``connections`` clients, one request in flight on each; with ``persistent``, lines
-    on kept connections, else one connection per request (readsocket's way)."""
-    label = f"exim ({'persistent' if persistent else 'readsocket'})"
-    run = Run(label, connections)
-    requests, accepts = workload.exim, workload.accepts
-    pool = len(requests)
-    selector = selectors.DefaultSelector()
-    clock = time.perf_counter_ns
-    index = [c * pool // connections for c in range(connections)]
-    sent_at = [0] * connections
-    buffers = [b""] * connections
-    socks: list[socket.socket | None] = [None] * connections
-
-    def send(c: int) -> None:
-        sock = socks[c]
-        if sock is None or not persistent:
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            socks[c] = sock
-        sent_at[c] = clock()
-        sock.sendall(requests[index[c]])
-        if not persistent:
-            sock.shutdown(socket.SHUT_WR)
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, c)
-
-    for c in range(connections):
-        send(c)
-    warm_until = clock() + int(warmup * 1e9)
-    measuring, start, stop = False, 0, 0
-    cpu_start = gen_start = busy_start = 0.0
-    unanswered = set(range(connections))
-    try:
-        while True:
-            events = selector.select(10.0)
-            if not events:
-                raise RuntimeError(f"{label}: no answer for 10 s")
-            for key, _ in events:
-                c = key.data
-                sock = socks[c]
-                assert sock is not None
-                data = sock.recv(65536)
-                now = clock()
-                answer = buffers[c] + data
-                if persistent:
-                    if not data:
-                        raise RuntimeError(f"{label}: connection closed")
-                    if not answer.endswith(b"\n"):
-                        buffers[c] = answer
-                        continue
-                elif data:
-                    buffers[c] = answer
-                    continue
-                buffers[c] = b""
-                selector.unregister(sock)
-                sock.setblocking(True)
-                if not persistent:
-                    sock.close()
-                i = index[c]
-                good = answer == b"accept\n" if accepts[i] else answer.startswith(b"deny 554 ")
-                run.answers["OK" if accepts[i] else "REJECT"] += good
-                if not good:
-                    run.answers["wrong"] += 1
-                    if len(run.wrong) < 3:
-                        run.wrong.append(f"request {i}: {answer!r}")
-                if measuring:
-                    if now >= stop:
-                        run.server_cpu = cpu_seconds(server.pids) - cpu_start
-                        run.generator_cpu = time.process_time() - gen_start
-                        busy = system_busy_seconds() - busy_start
-                        run.other_cpu = max(0.0, busy - run.server_cpu - run.generator_cpu)
-                        run.seconds = (stop - start) / 1e9
-                        return run
-                    run.requests += 1
-                    run.latencies_ns.append(now - sent_at[c])
-                else:
-                    unanswered.discard(c)
-                    if not unanswered and now >= warm_until:
-                        server.refresh_pids()
-                        cpu_start, gen_start = cpu_seconds(server.pids), time.process_time()
-                        busy_start = system_busy_seconds()
-                        start = clock()
-                        stop = start + int(duration * 1e9)
-                        measuring = True
-                index[c] = (i + 1) % pool
-                send(c)
-    finally:
-        selector.close()
-        for sock in socks:
-            if sock is not None:
-                sock.close()
+    return start_relaypolicy(
+        tmp, "exim", "relaypolicy-exim", text, port=port, label="relaypolicy exim",
+        note=log_note("info"),
+    )  # fmt: skip
 
 
 # --- part 2: the cost per RCPT in a real Exim ---------------------------------------------
@@ -330,75 +212,66 @@ def rcpt_cost(port: int, rcpts: int, repeat: int) -> None:
     print(f"  the round trip costs {per_rcpt_ms:.3f} ms per RCPT")
 
 
-def print_table(runs: list[Run], baseline: dict[int, float]) -> None:
-    print(f"{'front end':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'srv CPU':>8} {'gen CPU':>8} {'other':>6} {'x serve':>8}")  # fmt: skip
-    print("-" * 88)
-    for run in runs:
-        ratio = run.rate / baseline[run.connections]
-        print(
-            f"{run.server:<22} {run.connections:>5} {run.rate:>9,.0f} "
-            f"{run.percentile_ms(0.5):>7.2f} {run.percentile_ms(0.99):>7.2f} "
-            f"{run.server_cpu / run.seconds:>8.0%} {run.generator_cpu / run.seconds:>8.0%} "
-            f"{run.other_cpu / run.seconds:>6.0%} {ratio:>8.2f}"
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each one")
-    parser.add_argument("--connections", default="1,8", help="comma-separated counts")
-    parser.add_argument("--requests", type=int, default=8192, help="requests in the pool")
+    add_load_arguments(parser, connections="1,8")
     parser.add_argument("--rcpts", type=int, default=1000, help="RCPTs per exim -bh session")
     parser.add_argument("--repeat", type=int, default=3, help="exim -bh sessions each way")
-    parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
-    counts = [int(c) for c in args.connections.split(",") if c.strip()]
-    workload = make_exim_workload(args.requests, args.seed)
-    postfix_bytes = sum(map(len, workload.postfix)) // len(workload.postfix)
-    exim_bytes = sum(map(len, workload.exim)) // len(workload.exim)
-    accepts = sum(workload.accepts)
+    counts = connection_counts(parser, args)
+    workload = make_workload(args.requests, args.seed).rcpt_only()  # Exim asks at RCPT only
+    lines = [exim_line(request) for request in workload.requests]
+    accepts = [verdict == "OK" for verdict in workload.verdicts]
+    postfix_bytes = sum(map(len, workload.requests)) // len(workload.requests)
+    exim_bytes = sum(map(len, lines)) // len(lines)
     print(
-        f"{len(workload.exim):,} RCPT requests; Postfix {postfix_bytes} bytes, Exim line "
-        f"{exim_bytes} bytes on average; {accepts:,} accept, {len(workload.exim) - accepts:,} deny"
+        f"{len(lines):,} RCPT requests; Postfix {postfix_bytes} bytes, Exim line "
+        f"{exim_bytes} bytes on average; {sum(accepts):,} accept, "
+        f"{len(lines) - sum(accepts):,} deny"
     )
     print(f"{os.cpu_count()} CPUs; {args.duration:g} s per row after {args.warmup:g} s warm-up\n")
-    serve_workload = make_workload(args.requests, args.seed)
-    serve_workload.requests = workload.postfix
-    serve_workload.answers = workload.postfix_answers
-    serve_workload.verdicts = workload.postfix_verdicts
+    clients = {
+        "serve (persistent)": policy_client(workload),
+        "exim (readsocket)": exim_client(lines, accepts, persistent=False),
+        "exim (persistent)": exim_client(lines, accepts, persistent=True),
+    }
     runs: list[Run] = []
-    baseline: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-exim-") as tmp_name:
         tmp = Path(tmp_name)
-        serve = start_relaypolicy(tmp, "info")
+        serve = start_serve(tmp, "info")
         exim = start_relaypolicy_exim(tmp)
         try:
             for connections in counts:
-                run = run_load(serve, serve_workload, connections, args.duration, args.warmup)
-                run.server = "serve (persistent)"
-                baseline[connections] = run.rate
-                runs.append(run)
-                for persistent in (False, True):
-                    runs.append(
-                        run_exim_load(
-                            exim, workload, connections, args.duration, args.warmup,
-                            persistent=persistent,
-                        )
-                    )  # fmt: skip
+                for label, client in clients.items():
+                    server = serve if label.startswith("serve") else exim
+                    run = run_load(server, client, connections, args.duration, args.warmup)
+                    run.server = label
+                    runs.append(run)
             wrong = [run for run in runs if run.wrong]
             if wrong:
                 sys.exit(f"bench_exim: wrong answers: {[r.wrong for r in wrong]}")
             print(
                 "Part 1: decisions per second over loopback, log level info, every answer checked"
             )
-            print_table(runs, baseline)
+            serve_rate = {r.connections: r.rate for r in runs if r.server.startswith("serve")}
+            print_table(
+                runs,
+                first="front end",
+                columns=[("x serve", 8, lambda r: f"{r.rate / serve_rate[r.connections]:.2f}")],
+            )
+            report_noise(runs)
             print()
             rcpt_cost(exim.port, args.rcpts, args.repeat)
         finally:
             exim.stop()
             serve.stop()
+    if args.plot is not None:
+        plot_runs(
+            runs,
+            args.plot,
+            f"relaypolicy exim beside serve: {os.cpu_count()} CPUs, "
+            f"{args.duration:g} s per point, log level info",
+        )
 
 
 if __name__ == "__main__":

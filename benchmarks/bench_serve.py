@@ -30,7 +30,7 @@ never go backwards and must cover the answers the generator got. The throughput 
 printed as "metrics cost: X % of throughput" (issue 17's target: under 10 %).
 
     python benchmarks/bench_serve.py [--duration S] [--connections 1,8,64] [--skip-postfwd]
-                                     [--metrics]
+                                     [--metrics] [--plot FILE.png]
 
 Exit status: 0; 1 when an answer is wrong, the servers disagree or a scrape fails or shows
 wrong counts; 2 when postfwd is not installed (``apt-get install postfwd``, or measure
@@ -44,15 +44,10 @@ import asyncio
 import contextlib
 import grp
 import multiprocessing
-import multiprocessing.process
 import multiprocessing.synchronize
 import os
 import pwd
-import random
-import selectors
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,48 +55,38 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from plot import Point, plot_connections
+from loadgen import (
+    Column,
+    Run,
+    Server,
+    add_load_arguments,
+    ask_all,
+    connection_counts,
+    free_port,
+    plot_runs,
+    print_table,
+    report_noise,
+    run_load,
+    wait_for_port,
+)
+from workload import (
+    METRICS_SUFFIX,
+    REJECT_ACTION,
+    Workload,
+    make_workload,
+    policy_client,
+    start_serve,
+)
 
 TARGET_RATIO = 2.0  # relaypolicy / postfwd throughput, at TARGET_CONNECTIONS
 TARGET_P99_MS = 5.0
 TARGET_CONNECTIONS = 8
-NOISY_OTHER_CPU = 0.25  # of one core, used by other processes during a row
-REJECT_ACTION = "554 5.7.1 Relay access denied"
 DECIDING_ATTRIBUTES = ("protocol_state", "client_address", "sasl_username", "recipient")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_METRICS_COST = 10.0  # % of throughput lost with [metrics] scraped every second
 SCRAPE_INTERVAL = 1.0  # seconds, as a Prometheus scrape_interval
-METRICS_SUFFIX = " +metrics"  # the label of a server with [metrics]: "relaypolicy (info) +metrics"
-
-RELAYPOLICY_CONFIG = """\
-[domains]
-local = ["example.org"]
-relay = ["example.net"]
-
-[networks]
-trusted = ["127.0.0.0/8", "192.0.2.0/24"]
-
-[chain]
-steps = ["trusted_networks", "sasl_permit", "local_domains"]
-otherwise = "reject"
-
-[serve]
-listen = ["127.0.0.1:{port}"]
-accept_action = "OK"
-
-[log]
-level = "{level}"
-format = "text"
-"""
-
-METRICS_SECTION = """
-[metrics]
-listen = "127.0.0.1:{port}"
-"""
 
 # The same decisions in postfwd's rule language, first match wins. relaypolicy answers
 # DUNNO for states other than RCPT, accepts trusted and authenticated clients before it
@@ -120,261 +105,7 @@ id=DEFAULT;                                                  action={REJECT_ACTI
 """
 
 
-# --- the requests ----------------------------------------------------------------------
-
-
-@dataclass
-class Workload:
-    """Encoded requests and, for each, the exact answer it must get."""
-
-    requests: list[bytes]
-    answers: list[bytes]
-    verdicts: list[str]  # OK, REJECT or DUNNO
-
-
-def make_workload(count: int, seed: int) -> Workload:
-    """``count`` distinct requests: Postfix's attribute set, a realistic mix.
-
-    Clients: 10 % trusted (127/8, 192.0.2/24), the rest outside (some just outside:
-    192.0.3.x, 128.0.0.1), 8 % of those authenticated. Recipients: 55 % local (some in
-    upper case), 10 % relay domain or its subdomains, 25 % foreign (some near misses:
-    mail.example.org, notexample.net), 10 % routing tricks in four spellings; 3 % of the
-    requests come from the DATA state (answer DUNNO).
-    """
-    rng = random.Random(seed)
-    users = ["taro", "hanako", "info", "sales", "saya.yomogi", "j.doe", "postmaster"]
-    foreign = [f"{rng.choice(['mx', 'mail', ''])}{i}.example{i % 9}.com" for i in range(300)]
-    foreign += ["mail.example.org", "notexample.net", "example.org.evil.test", "example.orgs"]
-    trusted = [f"127.0.0.{rng.randrange(1, 255)}" for _ in range(20)]
-    trusted += [f"192.0.2.{rng.randrange(1, 255)}" for _ in range(40)]
-    outside = [f"203.0.113.{rng.randrange(1, 255)}" for _ in range(400)]
-    outside += [f"198.51.100.{rng.randrange(1, 255)}" for _ in range(400)]
-    outside += [f"192.0.3.{rng.randrange(1, 255)}" for _ in range(20)] + ["128.0.0.1"]
-    workload = Workload([], [], [])
-    for i in range(count):
-        user = f"{rng.choice(users)}{i}"
-        roll = rng.random()
-        routed = False
-        if roll < 0.55:
-            recipient = f"{user}@{rng.choice(['example.org', 'example.org', 'Example.ORG'])}"
-            ours = True
-        elif roll < 0.65:
-            recipient = (
-                f"{user}@{rng.choice(['example.net', 'mx1.example.net', 'a.b.EXAMPLE.net'])}"
-            )
-            ours = True
-        elif roll < 0.90:
-            recipient, ours = f"{user}@{rng.choice(foreign)}", False
-        else:
-            other = rng.choice(foreign)
-            recipient = rng.choice(
-                [
-                    f"{user}%{other}@example.org",
-                    f"{other}!{user}@example.org",
-                    f"{user}@{other}@example.org",  # Postfix's internal form of "u@o"@d
-                    f'"{user}@{other}"@example.org',
-                ]
-            )
-            ours, routed = False, True
-        state = "DATA" if rng.random() < 0.03 else "RCPT"
-        is_trusted = rng.random() < 0.10
-        client = rng.choice(trusted if is_trusted else outside)
-        sasl = not is_trusted and rng.random() < 0.08
-        if state != "RCPT":
-            verdict = "DUNNO"
-        elif is_trusted or sasl or (ours and not routed):
-            verdict = "OK"
-        else:
-            verdict = "REJECT"
-        workload.requests.append(
-            _encode(_attributes(rng, i, state=state, client=client, sasl=sasl, recipient=recipient))
-        )
-        workload.verdicts.append(verdict)
-        action = REJECT_ACTION if verdict == "REJECT" else verdict
-        workload.answers.append(f"action={action}\n\n".encode())
-    return workload
-
-
-def _attributes(
-    rng: random.Random, i: int, *, state: str, client: str, sasl: bool, recipient: str
-) -> dict[str, str]:
-    host = f"host{i % 997}.example{i % 13}.net"
-    tls = rng.random() < 0.7
-    return {
-        "request": "smtpd_access_policy",
-        "protocol_state": state,
-        "protocol_name": "ESMTP",
-        "client_address": client,
-        "client_name": host if i % 5 else "unknown",
-        "client_port": str(rng.randrange(1024, 65536)),
-        "reverse_client_name": host,
-        "server_address": "198.51.100.25",
-        "server_port": "25",
-        "helo_name": host,
-        "sender": f"sender{i % 501}@{host}" if i % 11 else "",
-        "recipient": recipient,
-        "recipient_count": "0" if state == "RCPT" else "1",
-        "queue_id": "",
-        "instance": f"{i:x}.{1_760_000_000 + i:x}.{i % 1000}.0",
-        "size": str(rng.randrange(0, 200_000)),
-        "etrn_domain": "",
-        "stress": "",
-        "sasl_method": "PLAIN" if sasl else "",
-        "sasl_username": f"user{i % 50}" if sasl else "",
-        "sasl_sender": "",
-        "ccert_subject": "",
-        "ccert_issuer": "",
-        "ccert_fingerprint": "",
-        "ccert_pubkey_fingerprint": "",
-        "encryption_protocol": "TLSv1.3" if tls else "",
-        "encryption_cipher": "TLS_AES_256_GCM_SHA384" if tls else "",
-        "encryption_keysize": "256" if tls else "0",
-        "policy_context": "",
-        "compatibility_level": "3.6",
-        "mail_version": "3.7.11",
-    }
-
-
-def _encode(attributes: dict[str, str]) -> bytes:
-    return ("".join(f"{k}={v}\n" for k, v in attributes.items()) + "\n").encode()
-
-
 # --- the servers -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        if proc is not None and proc.poll() not in (None, 0):
-            raise RuntimeError(f"{what} exited with status {proc.returncode}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after 20 s")
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and its descendants, from /proc (postfwd forks a master, daemons, children)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            stat = _stat(int(entry.name))
-            if stat is not None:
-                children.setdefault(int(stat[1]), []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields 3 onwards of /proc/PID/stat (the name may hold spaces: skip past ")")."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """CPU time used by these processes and their reaped children."""
-    ticks = 0
-    for pid in pids:
-        stat = _stat(pid)
-        if stat is not None:  # utime, stime, cutime, cstime
-            ticks += int(stat[11]) + int(stat[12]) + int(stat[13]) + int(stat[14])
-    return ticks / CLOCK_TICKS
-
-
-def system_busy_seconds() -> float:
-    """CPU time used by everything on the machine (all CPUs), stolen time included."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
-
-
-@dataclass
-class Server:
-    """A running server: its label, port, root process and a line on its configuration."""
-
-    label: str
-    port: int
-    root: int
-    note: str
-    proc: subprocess.Popen[bytes] | multiprocessing.process.BaseProcess | None = None
-    pids: list[int] = field(default_factory=list)
-    metrics_port: int | None = None  # relaypolicy with [metrics]: where /metrics is served
-
-    def refresh_pids(self) -> None:
-        self.pids = process_tree(self.root)
-
-    def stop(self) -> None:
-        tree = process_tree(self.root)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.root, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
-            if isinstance(self.proc, subprocess.Popen):
-                self.proc.poll()  # reap our direct child
-            time.sleep(0.05)
-        for pid in tree:  # only processes this benchmark started, by id
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if isinstance(self.proc, subprocess.Popen):
-            self.proc.wait(5)
-        elif self.proc is not None:
-            self.proc.join(5)
-
-
-def _alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def start_relaypolicy(tmp: Path, level: str, *, metrics: bool = False) -> Server:
-    """``relaypolicy serve`` at log ``level``; with ``metrics``, plus a ``[metrics]`` section
-    (the rest of the configuration is the same)."""
-    port = free_port()
-    name = f"relaypolicy-{level}" + ("-metrics" if metrics else "")
-    text = RELAYPOLICY_CONFIG.format(port=port, level=level)
-    metrics_port = free_port() if metrics else None
-    if metrics_port is not None:
-        text += METRICS_SECTION.format(port=metrics_port)
-    config = tmp / f"{name}.toml"
-    config.write_text(text)
-    log = (tmp / f"{name}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relaypolicy", "serve", "--config", str(config)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,  # the decision log goes to a file, as journald would take it
-    )
-    log.close()
-    server = Server(f"relaypolicy ({level})", port, proc.pid, f"log level {level}", proc)
-    if level == "info":
-        server.note += " (one line per decision, to a file)"
-    if metrics_port is not None:
-        server.label += METRICS_SUFFIX
-        server.note += f"; [metrics] on 127.0.0.1:{metrics_port}, scraped every second"
-        server.metrics_port = metrics_port
-    try:
-        wait_for_port(port, "relaypolicy serve", proc)
-        if metrics_port is not None:
-            wait_for_port(metrics_port, "relaypolicy serve's /metrics", proc)
-    except RuntimeError:
-        server.stop()
-        raise
-    return server
 
 
 def start_postfwd(tmp: Path, binary: str) -> Server:
@@ -458,156 +189,6 @@ def start_null_server() -> Server:
     if not ready.wait(10) or proc.pid is None:
         raise RuntimeError("the null server did not start")
     return Server("null server", port, proc.pid, "asyncio, answers DUNNO unread", proc)
-
-
-# --- the load generator ----------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One measured configuration."""
-
-    server: str
-    connections: int
-    requests: int = 0
-    seconds: float = 0.0
-    latencies_ns: list[int] = field(default_factory=list)
-    server_cpu: float = 0.0
-    generator_cpu: float = 0.0
-    other_cpu: float = 0.0  # everything else on the machine meanwhile: noise
-    answers: Counter[str] = field(default_factory=Counter)  # OK, REJECT, DUNNO, wrong
-    wrong: list[str] = field(default_factory=list)  # the first few
-    scrapes: int = 0  # with [metrics]: successful scrapes of /metrics during the run
-    slowest_scrape_ms: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds
-
-    @property
-    def noisy(self) -> bool:
-        return self.other_cpu / self.seconds > NOISY_OTHER_CPU
-
-    def percentile_ms(self, fraction: float) -> float:
-        ordered = sorted(self.latencies_ns)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] / 1e6
-
-
-def ask_all(port: int, workload: Workload) -> list[bytes]:
-    """Every request once, one connection, in order: the agreement pass."""
-    answers: list[bytes] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for request in workload.requests:
-            sock.sendall(request)
-            answer = b""
-            while not answer.endswith(b"\n\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise RuntimeError("the server closed the connection")
-                answer += chunk
-            answers.append(answer)
-    return answers
-
-
-def run_load(
-    server: Server,
-    workload: Workload,
-    connections: int,
-    duration: float,
-    warmup: float,
-    *,
-    check: bool = True,
-) -> Run:
-    """``connections`` persistent connections, one request in flight on each.
-
-    Timing starts once every connection has had an answer and ``warmup`` has passed, and
-    stops ``duration`` later; answers arriving in that window are counted. Every answer,
-    warm-up included, is compared with the one the request must get.
-    """
-    run = Run(server.label, connections)
-    requests, answers = workload.requests, workload.answers
-    verdict_of = dict(zip(answers, workload.verdicts, strict=True))
-    pool = len(requests)
-    selector = selectors.DefaultSelector()
-    socks: list[socket.socket] = []
-    for _ in range(connections):
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        socks.append(sock)
-    index = [c * pool // connections for c in range(connections)]
-    sent_at = [0] * connections
-    buffers = [b""] * connections
-    unanswered = set(range(connections))
-    clock = time.perf_counter_ns
-    for c, sock in enumerate(socks):
-        selector.register(sock, selectors.EVENT_READ, c)
-        sent_at[c] = clock()
-        sock.send(requests[index[c]])
-    warm_until = clock() + int(warmup * 1e9)
-    start = stop = 0
-    measuring = draining = False
-    open_connections = connections
-    latencies = run.latencies_ns
-    cpu_start = gen_start = busy_start = 0.0
-    try:
-        while open_connections:
-            events = selector.select(10.0)
-            if not events:
-                raise RuntimeError(f"{server.label}: no answer for 10 s")
-            for key, _ in events:
-                c = key.data
-                sock = socks[c]
-                data = sock.recv(65536)
-                now = clock()
-                if not data:
-                    raise RuntimeError(f"{server.label} closed a connection")
-                answer = buffers[c] + data if buffers[c] else data
-                if answer[-2:] != b"\n\n":
-                    buffers[c] = answer
-                    continue
-                buffers[c] = b""
-                i = index[c]
-                if check:
-                    if answer == answers[i]:
-                        run.answers[verdict_of[answer]] += 1
-                    else:
-                        run.answers["wrong"] += 1
-                        if len(run.wrong) < 3:
-                            run.wrong.append(f"request {i}: {answer!r}, expected {answers[i]!r}")
-                if measuring and now >= stop:
-                    run.server_cpu = cpu_seconds(server.pids) - cpu_start
-                    run.generator_cpu = time.process_time() - gen_start
-                    busy = system_busy_seconds() - busy_start
-                    run.other_cpu = max(0.0, busy - run.server_cpu - run.generator_cpu)
-                    run.seconds = (stop - start) / 1e9
-                    measuring, draining = False, True
-                if draining:  # past the window: collect the answers in flight, then close
-                    selector.unregister(sock)
-                    open_connections -= 1
-                    continue
-                if measuring:
-                    run.requests += 1
-                    latencies.append(now - sent_at[c])
-                else:
-                    unanswered.discard(c)
-                    if not unanswered and now >= warm_until:
-                        server.refresh_pids()
-                        cpu_start, gen_start = cpu_seconds(server.pids), time.process_time()
-                        busy_start = system_busy_seconds()
-                        start = clock()
-                        stop = start + int(duration * 1e9)
-                        measuring = True
-                i = (i + 1) % pool
-                index[c] = i
-                sent_at[c] = clock()
-                sock.send(requests[i])
-    finally:
-        selector.close()
-        for sock in socks:
-            sock.close()
-    return run
 
 
 # --- the scraper -----------------------------------------------------------------------
@@ -705,31 +286,18 @@ def check_scrapes(scraper: Scraper, run: Run) -> None:
 # --- the report ------------------------------------------------------------------------
 
 
-def print_table(runs: list[Run], baselines: list[str]) -> None:
-    """One row per server and connection count; relaypolicy's throughput over each postfwd's."""
+def ratio_columns(runs: list[Run], baselines: list[str]) -> list[Column]:
+    """A column per postfwd: relaypolicy's throughput over its, at the same connections."""
     rates = {(r.server, r.connections): r.rate for r in runs}
-    width = max(22, *(len(r.server) for r in runs))
-    header = (
-        f"{'server':<{width}} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'srv CPU':>8} {'gen CPU':>8} {'other':>6} "
-        + "".join(f" {'x ' + b:>11}" for b in baselines)
-    )
-    print(header)
-    print("-" * len(header))
-    for run in runs:
-        ratios = ""
-        for baseline in baselines:
+
+    def ratio(baseline: str) -> Callable[[Run], str]:
+        def cell(run: Run) -> str:
             base = rates.get((baseline, run.connections))
-            ratio = f"{run.rate / base:.2f}" if base and run.server.startswith("relay") else ""
-            ratios += f" {ratio:>11}"
-        print(
-            f"{run.server:<{width}} {run.connections:>5} {run.rate:>9,.0f} "
-            f"{run.percentile_ms(0.50):>7.2f} {run.percentile_ms(0.99):>7.2f} "
-            f"{100 * run.server_cpu / run.seconds:>7.0f}% "
-            f"{100 * run.generator_cpu / run.seconds:>7.0f}% "
-            f"{100 * run.other_cpu / run.seconds:>5.0f}%"
-            f"{'*' if run.noisy else ' '}{ratios}"
-        )
+            return f"{run.rate / base:.2f}" if base and run.server.startswith("relay") else ""
+
+        return cell
+
+    return [(f"x {b}", 11, ratio(b)) for b in baselines]
 
 
 def report_targets(runs: list[Run], postfwds: list[str]) -> None:
@@ -801,9 +369,9 @@ def servers_started(
     started: list[Server] = []
     try:
         for level in ("warning", "info") if info else ("warning",):
-            started.append(start_relaypolicy(tmp, level))
+            started.append(start_serve(tmp, level))
             if metrics:
-                started.append(start_relaypolicy(tmp, level, metrics=True))
+                started.append(start_serve(tmp, level, metrics=True))
         for binary in postfwds:
             started.append(start_postfwd(tmp, binary))
         if null:
@@ -816,7 +384,7 @@ def servers_started(
 
 def agreement_pass(server: Server, workload: Workload) -> None:
     """Every request once; print the verdict counts; exit 1 on any unexpected answer."""
-    answers = ask_all(server.port, workload)
+    answers = ask_all(server.port, policy_client(workload))
     got: Counter[str] = Counter()
     wrong = []
     for i, answer in enumerate(answers):
@@ -860,9 +428,7 @@ def find_postfwds(choice: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each one")
-    parser.add_argument("--connections", default="1,8,64", help="comma-separated counts")
+    add_load_arguments(parser, connections="1,8,64")
     parser.add_argument("--skip-postfwd", action="store_true", help="measure relaypolicy alone")
     parser.add_argument(
         "--postfwd",
@@ -877,22 +443,8 @@ def main() -> None:
         action="store_true",
         help="also measure each relaypolicy with [metrics], /metrics scraped every second",
     )
-    parser.add_argument("--requests", type=int, default=8192, help="distinct requests in the pool")
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument(
-        "--plot",
-        type=Path,
-        metavar="FILE.png",
-        help="also draw throughput and p99 against connections, every server (needs the "
-        "bench extra: matplotlib)",
-    )
     args = parser.parse_args()
-    try:
-        counts = [int(c) for c in args.connections.split(",") if c.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1 or args.duration <= 0 or args.requests < 1:
-        parser.error("--connections: positive integers, --duration and --requests: positive")
+    counts = connection_counts(parser, args)
 
     postfwds = [] if args.skip_postfwd else find_postfwds(args.postfwd)
     workload = make_workload(args.requests, args.seed)
@@ -924,11 +476,10 @@ def main() -> None:
                     with scraper or contextlib.nullcontext():
                         run = run_load(
                             server,
-                            workload,
+                            policy_client(workload, check=not is_null),
                             connections,
                             args.duration / 3 if is_null else args.duration,
                             args.warmup,
-                            check=not is_null,
                         )
                     if run.wrong:
                         sys.exit(
@@ -938,7 +489,7 @@ def main() -> None:
                     if scraper is not None:
                         check_scrapes(scraper, run)
                     runs.append(run)
-    print_table(runs, [Path(p).name for p in postfwds])
+    print_table(runs, columns=ratio_columns(runs, [Path(p).name for p in postfwds]))
     print(
         "srv CPU: the server's processes (100% = one core); gen CPU: this generator; "
         "other: the\nrest of the machine meanwhile (noise: other jobs, stolen time); "
@@ -947,13 +498,11 @@ def main() -> None:
     )
     if args.metrics:
         print("+metrics: with [metrics]; gen CPU includes the scraper thread.")
-    noisy = [r for r in runs if r.noisy]
-    if noisy:
-        print(
-            f"NOISY (*): {len(noisy)} of {len(runs)} rows ran while other work took more than "
-            f"{NOISY_OTHER_CPU:.0%} of a core;\na server that can use both cores (postfwd2) "
-            "loses most: rerun on a quieter machine before\ntrusting the ratios."
-        )
+    report_noise(
+        runs,
+        "a server that can use both cores (postfwd2) loses most: rerun on a quieter machine "
+        "before\ntrusting the ratios.",
+    )
     print()
     print("Answers in the timed runs (warm-up included), every one checked:")
     for server in servers:
@@ -969,14 +518,12 @@ def main() -> None:
     report_targets(runs, [Path(p).name for p in postfwds])
     report_metrics_cost(runs)
     if args.plot is not None:
-        plot_connections(
-            [Point(r.server, r.connections, r.rate, r.percentile_ms(0.99)) for r in runs],
+        plot_runs(
+            runs,
             args.plot,
             f"relaypolicy serve beside postfwd: {os.cpu_count()} CPUs, "
-            f"{args.duration:g} s per point, Postfix 3.7 requests"
-            + (f" (NOISY: {len(noisy)} of {len(runs)} points)" if noisy else ""),
+            f"{args.duration:g} s per point, Postfix 3.7 requests",
         )
-        print(f"\nPicture: {args.plot}")
 
 
 if __name__ == "__main__":

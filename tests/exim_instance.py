@@ -23,9 +23,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,8 +31,8 @@ from pathlib import Path
 
 import pytest
 from postfix_instance import Reply
-from realservers import free_port, require_mta, require_root, tail, wait_for_port
-from serve_process import Service
+from realservers import free_port, require_mta, require_root, tail, terminate, wait_for_port
+from serve_process import Service, start_daemon
 
 __all__ = [
     "ACL_FILE",
@@ -166,12 +164,7 @@ class EximInstance:
                 pytest.fail(f"exim did not listen:\n{tail(log)}\n{tail(self.mainlog)}")
             yield process
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=20)
+            terminate(process)
 
 
 def parse_replies(stdout: str) -> list[Reply]:
@@ -273,19 +266,7 @@ def start_relaypolicy_exim(directory: Path, policy_config: str) -> Service:
     ``[exim]`` section on a free loopback port, with a control socket."""
     port = free_port()
     control = directory / "control.sock"
-    config = directory / "relaypolicy.toml"
-    config.write_text(policy_config + _RELAYPOLICY_SECTION.format(port=port, control=control))
-    log = directory / "exim-front.log"
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relaypolicy", "exim", "--config", str(config)],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(process, port, control, log, config)
-    try:
-        wait_for_port("127.0.0.1", port, timeout=20)
-    except TimeoutError:
-        service.stop()
-        pytest.fail(f"relaypolicy exim did not start:\n{tail(log)}")
-    return service
+    text = policy_config + _RELAYPOLICY_SECTION.format(port=port, control=control)
+    return start_daemon(
+        "exim", directory, text, port=port, control=control, log_name="exim-front.log"
+    )

@@ -9,13 +9,10 @@ on its control socket, the log and the port.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-from realservers import free_port, tail, wait_for_port
-from serve_process import Service
+from realservers import free_port
+from serve_process import Service, start_daemon
 
 __all__ = ["MILTER_SECTION", "start_milter"]
 
@@ -33,24 +30,10 @@ def start_milter(directory: Path, policy_config: str, *, extra: str = "") -> Ser
     lines to that section."""
     port = free_port()
     control = directory / "control.sock"
-    config = directory / "relaypolicy.toml"
-    config.write_text(
-        policy_config + MILTER_SECTION.format(port=port, control=control, extra=extra)
+    text = policy_config + MILTER_SECTION.format(port=port, control=control, extra=extra)
+    return start_daemon(
+        "milter", directory, text, port=port, control=control, log_name="milter.log"
     )
-    log = directory / "milter.log"
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relaypolicy", "milter", "--config", str(config)],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-        )
-    service = Service(process, port, control, log, config)
-    try:
-        wait_for_port("127.0.0.1", port, timeout=20)
-    except TimeoutError:
-        service.stop()
-        pytest.fail(f"relaypolicy milter did not start:\n{tail(log)}")
-    return service
 
 
 def postfix_milter_settings(port: int) -> dict[str, str]:

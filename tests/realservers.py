@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ __all__ = [
     "require_mta",
     "require_root",
     "tail",
+    "terminate",
     "unavailable",
     "wait_for_port",
     "wait_gone",
@@ -166,6 +169,18 @@ def wait_gone(pids: Sequence[int], timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """End a server this test started: SIGTERM (its orderly stop), SIGKILL if it has not
+    exited within ``timeout`` seconds; its exit status. Only this one process is signalled."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=timeout)
 
 
 def tail(path: Path, lines: int = 40) -> str:

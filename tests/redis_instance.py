@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from realservers import free_port, require_binary, tail, unavailable
+from realservers import free_port, require_binary, tail, terminate, unavailable
 
 if TYPE_CHECKING:
     import redis
@@ -130,12 +130,7 @@ class RedisInstance:
             return
         if self.paused:
             self.resume()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        terminate(self.process, 10)
         self.process = None
 
     def restart(self) -> None:

@@ -79,6 +79,7 @@ from realservers import (
     require_mta,
     require_root,
     tail,
+    terminate,
     unavailable,
     wait_for_port,
 )
@@ -413,13 +414,7 @@ class SendmailInstance:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT)
+        terminate(process, STOP_TIMEOUT)
         # The group id is the daemon's pid (start_new_session); its children keep it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from realservers import free_port, tail, wait_for_port
 
-__all__ = ["Service", "start_service"]
+__all__ = ["Service", "start_daemon", "start_service"]
 
 _SERVE_SECTION = """
 [serve]
@@ -87,17 +87,19 @@ class Service:
         return self.process.wait(timeout=20)
 
 
-def start_service(directory: Path, policy_config: str) -> Service:
-    """Start ``relaypolicy serve`` with ``policy_config`` (TOML without ``[serve]``) plus a
-    ``[serve]`` section listening on a free loopback port, with a control socket."""
-    port = free_port()
-    control = directory / "control.sock"
+def start_daemon(
+    command: str, directory: Path, config_text: str, *, port: int, control: Path, log_name: str
+) -> Service:
+    """Start ``python -m relaypolicy <command> --config FILE`` (FILE: ``config_text`` as
+    ``directory/relaypolicy.toml``), its stdout and stderr in ``directory/log_name``, and
+    wait until it listens on ``port``; the test fails with the log's tail if it does not.
+    What every front end's harness (serve, milter, exim) shares."""
     config = directory / "relaypolicy.toml"
-    config.write_text(policy_config + _SERVE_SECTION.format(port=port, control=control))
-    log = directory / "serve.log"
+    config.write_text(config_text)
+    log = directory / log_name
     with log.open("wb") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-m", "relaypolicy", "serve", "--config", str(config)],
+            [sys.executable, "-m", "relaypolicy", command, "--config", str(config)],
             stdout=stream,
             stderr=subprocess.STDOUT,
         )
@@ -106,5 +108,14 @@ def start_service(directory: Path, policy_config: str) -> Service:
         wait_for_port("127.0.0.1", port, timeout=20)
     except TimeoutError:
         service.stop()
-        pytest.fail(f"relaypolicy serve did not start:\n{tail(log)}")
+        pytest.fail(f"relaypolicy {command} did not start:\n{tail(log)}")
     return service
+
+
+def start_service(directory: Path, policy_config: str) -> Service:
+    """Start ``relaypolicy serve`` with ``policy_config`` (TOML without ``[serve]``) plus a
+    ``[serve]`` section listening on a free loopback port, with a control socket."""
+    port = free_port()
+    control = directory / "control.sock"
+    text = policy_config + _SERVE_SECTION.format(port=port, control=control)
+    return start_daemon("serve", directory, text, port=port, control=control, log_name="serve.log")
