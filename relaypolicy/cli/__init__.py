@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from relaypolicy import __version__
-from relaypolicy.cli import audit, check, config, ctl, passwd, serve, smtpd, test, watch
+from relaypolicy.cli import audit, check, config, ctl, passwd, postfix, serve, smtpd, test, watch
 from relaypolicy.cli._common import EX_USAGE, Parser
 
 __all__ = ["COMMANDS", "main"]
@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "main"]
 # name -> (add the parser, run): the order is the order of `relaypolicy --help`.
 COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser], Callable[..., int]]] = {
     module.__name__.rsplit(".", 1)[1]: (module.add_parser, module.run)
-    for module in (check, serve, config, ctl, smtpd, passwd, test, audit, watch)
+    for module in (check, serve, config, ctl, smtpd, passwd, test, audit, watch, postfix)
 }
 
 
