@@ -412,7 +412,7 @@ def test_fixture_imports_through_postconf(name: str, tmp_path: Path) -> None:
     if name == "untranslatable":
         assert done.returncode == 1, done.stderr
         refused = done.stderr
-        for what in ("check_recipient_access pcre:", "from_partners", "= permit:", "cidr:"):
+        for what in ("check_recipient_access regexp:", "from_partners", "= permit:", "cidr:"):
             assert what in refused, refused
         assert "(--allow-partial to accept it)" in refused
         partial = run_import("--config-directory", str(CONFIGS / name), "--allow-partial")

@@ -28,11 +28,12 @@ from relaypolicy.cli._common import (
     error,
     file_status,
 )
+from relaypolicy.cli.audit import _tls_context  # the same --starttls/--cafile/--insecure
 from relaypolicy.config import ConfigError, load_config
 from relaypolicy.postfix.importer import translate
 from relaypolicy.postfix.postconf import parse_postconf
 from relaypolicy.testing.audit import AuditError
-from relaypolicy.testing.compare import compare, compare_table, parse_host_port, summary
+from relaypolicy.testing.compare import Login, compare, compare_table, parse_host_port, summary
 
 __all__ = ["add_parser", "postconf_output", "run"]
 
@@ -115,6 +116,17 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="the server port relaypolicy is told (default: the --smtp port)",
     )
     cmp.add_argument("--helo", default="client.relaypolicy.test", metavar="NAME")
+    cmp.add_argument("--starttls", action="store_true", help="upgrade with STARTTLS first")
+    cmp.add_argument("--cafile", metavar="FILE", help="verify the certificate with this CA")
+    cmp.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    cmp.add_argument(
+        "--login",
+        metavar="USER",
+        help="log in with SMTP AUTH as USER (the password is read from --password-file)",
+    )
+    cmp.add_argument("--password-file", metavar="FILE", help="the password for --login")
     cmp.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per reply (default 30)"
     )
@@ -195,7 +207,17 @@ def _compare(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return error("postfix compare", str(exc), EX_USAGE)
     clients = [args.source_address] + ([args.trusted_source] if args.trusted_source else [])
+    if bool(args.login) != bool(args.password_file):
+        return error("postfix compare", "--login and --password-file go together", EX_USAGE)
+    login = None
+    if args.login:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            return error("postfix compare", f"--password-file: {exc}", EX_NOINPUT)
+        login = Login(args.login, password)
     try:
+        context = _tls_context(args)
         rows = compare(
             config,
             host,
@@ -203,6 +225,9 @@ def _compare(args: argparse.Namespace) -> int:
             clients,
             server_port=args.server_port or port,
             helo=args.helo,
+            starttls=args.starttls,
+            tls_context=context,
+            login=login,
             timeout=args.timeout,
         )
     except AuditError as exc:

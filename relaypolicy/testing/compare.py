@@ -19,29 +19,46 @@ Each pair of answers is one :class:`Row`, of a ``kind``:
   kind that must not happen;
 - ``code``: both refuse, with different reply codes (``454`` against ``554``, ``501``
   against ``554``...);
-- ``recipient-check``: Postfix refuses a recipient of one of our domains as unknown
-  (``550 5.1.1``, its recipient tables) where relaypolicy, which decides relaying only,
-  accepts: Postfix keeps checking recipients after the switch, so this is no relay;
+- ``postfix-only``: relaypolicy accepts what Postfix refuses with a check that is not a
+  relay restriction and stays in Postfix after the switch to ``check_policy_service``: its
+  address parser or resolver (``501 5.1.3 ... Bad recipient address syntax``, whatever
+  the client, before and beside the restriction lists) or its recipient tables
+  (``550 5.1.1 ... User unknown``, for one of our domains). With relaypolicy as the gate
+  Postfix still gives that answer, so this is no relay;
 - ``not sent``: Postfix could not be asked (SMTPUTF8 not offered, CR or LF).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import smtplib
+import ssl
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from relaypolicy.config import Config
 from relaypolicy.domains import DomainError, normalize_domain
+from relaypolicy.errors import AuditError
 from relaypolicy.model import Decision, Verdict
 from relaypolicy.settings import parse_host_port
-from relaypolicy.testing.audit import AuditResult, audit_policy, audit_smtp
+from relaypolicy.testing.audit import AuditResult, _Session, audit_policy, audit_smtp
 from relaypolicy.testing.probes import Probe, probe_battery
 from relaypolicy.testing.report import format_table
 
-__all__ = ["KINDS", "Row", "compare", "compare_table", "parse_host_port", "recipient_corpus"]
+__all__ = [
+    "KINDS",
+    "Login",
+    "Row",
+    "compare",
+    "compare_table",
+    "parse_host_port",
+    "recipient_corpus",
+]
 
-KINDS = ("looser", "stricter", "code", "recipient-check", "not sent", "same")
+KINDS = ("looser", "stricter", "code", "postfix-only", "not sent", "same")
+# smtpd's parser and address resolver, not a restriction list: "501 5.1.3 Bad recipient
+# address syntax", or "501 5.1.3 <rcpt>: Recipient address rejected: Bad recipient ..."
+_BAD_SYNTAX = "Bad recipient address syntax"
 _UNKNOWN_USER = ("User unknown in", "Recipient address rejected: User unknown")
 
 # name, recipient; {local} a local domain, {other} another (or the same), {ip} the server's
@@ -169,11 +186,80 @@ def classify(postfix: AuditResult, decision: Decision) -> str:
     if postfix.accepted:
         return "same" if ours else "stricter"
     if ours:
+        if (
+            postfix.stage == "RCPT"
+            and postfix.reply.startswith("501 5.1.3 ")
+            and (postfix.reply.endswith(_BAD_SYNTAX))
+        ):
+            return "postfix-only"
         unknown = postfix.code == 550 and any(text in postfix.reply for text in _UNKNOWN_USER)
         if unknown and decision.reason in ("local", "relay-domain"):
-            return "recipient-check"
+            return "postfix-only"
         return "looser"
     return "same" if postfix.code == decision.code else "code"
+
+
+class Login(NamedTuple):
+    """SMTP AUTH credentials for the session (``AUTH PLAIN``, after STARTTLS if asked)."""
+
+    user: str
+    password: str
+
+
+class _LoginSession(_Session):
+    """An audit session that logs in after EHLO (and STARTTLS), so the questions are
+    asked as an authenticated client; the in-process requests carry the same login."""
+
+    login: Login
+
+    def connect(self) -> smtplib.SMTP:
+        smtp = super().connect()
+        try:
+            smtp.login(self.login.user, self.login.password)
+        except smtplib.SMTPException as exc:
+            smtp.close()
+            raise AuditError(f"{self.host}:{self.port}: AUTH as {self.login.user}: {exc}") from None
+        return smtp
+
+
+def _ask_smtp(
+    host: str,
+    port: int,
+    probes: Sequence[Probe],
+    *,
+    client: str,
+    helo: str,
+    starttls: bool,
+    tls_context: ssl.SSLContext | None,
+    login: Login | None,
+    timeout: float,
+) -> list[AuditResult]:
+    if login is None:
+        return audit_smtp(
+            host,
+            port,
+            probes,
+            source_address=client,
+            helo=helo,
+            starttls=starttls,
+            tls_context=tls_context,
+            timeout=timeout,
+        )
+    session = _LoginSession(
+        host,
+        port,
+        source_address=client,
+        helo=helo,
+        starttls=starttls,
+        tls_context=tls_context,
+        timeout=timeout,
+    )
+    session.login = login
+    try:
+        session.connect()
+        return [session.ask(probe) for probe in probes]
+    finally:
+        session.close()
 
 
 def compare(
@@ -185,27 +271,54 @@ def compare(
     server_port: int | None = None,
     server_ip: str | None = None,
     helo: str = "client.relaypolicy.test",
+    starttls: bool = False,
+    tls_context: ssl.SSLContext | None = None,
+    login: Login | None = None,
+    extra: Sequence[Probe] = (),
     timeout: float = 30.0,
 ) -> list[Row]:
     """Ask Postfix at ``host:port`` and ``config``'s policy everything, from each client.
 
     ``server_port`` is the port relaypolicy is told (default ``port``); ``server_ip`` the
     server's address for the literal probes (default ``host``, which must then be an IP
-    address). Raises :class:`~relaypolicy.errors.AuditError` when Postfix cannot be asked.
+    address). With ``starttls`` the session is encrypted first and the requests say so
+    (``encryption_protocol``); with ``login`` it authenticates and the requests carry the
+    login (``sasl_username``). Raises :class:`~relaypolicy.errors.AuditError` when Postfix
+    cannot be asked. ``extra`` questions are asked after the battery and the corpus.
     """
     local = list(config.local_domains)
     relays = list(config.relay_domains)
     if not local and not relays:
         raise ValueError(f"{config.source}: no local or relay domain to ask about")
     server_ip = server_ip or host
-    probes = probe_battery(local or relays[:1], relay_domains=relays, server_ip=server_ip)
+    # The battery for one local domain (the others are local alike; the corpus names a
+    # second one), its relay probes for every relay domain.
+    probes = probe_battery((local or relays)[:1], relay_domains=relays, server_ip=server_ip)
     probes += recipient_corpus(local or relays[:1], relays, server_ip)
+    probes += extra
     policy = config.build_policy(config.make_pop_table(load=False))
     rows: list[Row] = []
     for client in clients:
-        answers = audit_smtp(host, port, probes, source_address=client, helo=helo, timeout=timeout)
+        answers = _ask_smtp(
+            host,
+            port,
+            probes,
+            client=client,
+            helo=helo,
+            starttls=starttls,
+            tls_context=tls_context,
+            login=login,
+            timeout=timeout,
+        )
         decisions = audit_policy(
-            policy, probes, client_address=client, server_port=server_port or port, helo_name=helo
+            policy,
+            probes,
+            client_address=client,
+            server_port=server_port or port,
+            helo_name=helo,
+            encryption_protocol="TLS" if starttls else "",
+            sasl_method="PLAIN" if login else "",
+            sasl_username=login.user if login else "",
         )
         for postfix, ours in zip(answers, decisions, strict=True):
             assert ours.decision is not None
