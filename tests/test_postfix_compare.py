@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import shutil
 import ssl
@@ -38,10 +39,10 @@ from serve_process import start_service
 
 from relaypolicy.cli import main
 from relaypolicy.config import load_config
-from relaypolicy.testing.compare import Login, Row, compare
+from relaypolicy.model import Decision, Verdict
+from relaypolicy.testing.audit import AuditResult
+from relaypolicy.testing.compare import Login, Row, classify, compare, recipient_corpus
 from relaypolicy.testing.probes import Probe
-
-pytestmark = pytest.mark.real
 
 CONFIGS = Path(__file__).resolve().parent / "postfix_configs"
 FIXTURES = sorted(path.name for path in CONFIGS.iterdir() if path.is_dir())
@@ -51,7 +52,7 @@ TRUSTED = "127.0.0.1"
 USER, PASSWORD = "taro", "secret"
 LISTS = ("client", "helo", "sender", "relay", "recipient")
 
-trustme = pytest.importorskip("trustme")
+trustme = pytest.importorskip("trustme")  # the submission port's certificate
 
 # Logged in as taro: his own sender relays anywhere; hanako's too (the map gives it to
 # both); another's is refused by both (553, not owned).
@@ -248,9 +249,10 @@ def report(rows: list[Row], kind: str) -> str:
     )
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("name", FIXTURES)
 def test_import_compare_serve_compare(
-    name: str, tmp_path: Path, tls: tuple[Path, Path, Path]
+    name: str, tmp_path: Path, tls: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     require_loopback_address(OUTSIDER)
     cafile, cert, key = tls
@@ -279,6 +281,19 @@ def test_import_compare_serve_compare(
         status = main(["postfix", "compare", "--config", str(imported), "--smtp",
                        f"{instance.host}:{smtp_port}", "--source-address", OUTSIDER])  # fmt: skip
         assert status == 0
+        if name == "backup-mx":  # a widened file is caught: trusting the outsider too
+            widened = tmp_path / "widened.toml"
+            widened.write_text(done.stdout.replace('"127.0.0.1/32",', '"127.0.0.0/24",'))
+            capsys.readouterr()
+            status = main(["postfix", "compare", "--config", str(widened), "--smtp",
+                           f"{instance.host}:{smtp_port}", "--source-address", OUTSIDER,
+                           "--json"])  # fmt: skip
+            answer = json.loads(capsys.readouterr().out)
+            assert status == 1
+            assert answer["looser"] > 0 and answer["summary"].startswith("relaypolicy is LOOSER")
+            nmap02 = next(d for d in answer["differences"] if d["name"] == "nmap-02")
+            assert nmap02["kind"] == "looser"
+            assert nmap02["postfix_code"] == 554 and nmap02["relaypolicy_code"] == 250
         direct = ask_everything(imported, instance, cafile, sasl=sasl)
         assert not report(direct, "looser"), report(direct, "looser")
         stricter = {doc_key(r) for r in direct if r.kind == "stricter"}
@@ -320,3 +335,86 @@ def test_import_compare_serve_compare(
                 "shared-sender": (250, "same"),
                 "other-sender": (553, "same"),
             }
+
+
+# --- the comparison's parts, without servers --------------------------------------------
+
+OK = AuditResult(Probe("p", "", "user@example.org", ""), "RCPT", 250, "250 2.1.5 Ok")
+
+
+def answer(code: int, text: str, stage: str = "RCPT") -> AuditResult:
+    return OK._replace(stage=stage, code=code, reply=f"{code} {text}")
+
+
+ACCEPT = Decision(Verdict.ACCEPT, 250, "2.1.5", "Ok", "local_domains", "local")
+RELAYED = ACCEPT._replace(reason="trusted-network", policy="trusted_networks")
+DENIED = Decision(Verdict.REJECT, 554, "5.7.1", "Relay access denied", "local_domains", "routing")
+
+
+@pytest.mark.parametrize(
+    ("postfix", "ours", "kind"),
+    [
+        (OK, ACCEPT, "same"),
+        (OK, DENIED, "stricter"),
+        (answer(554, "5.7.1 <x>: Relay access denied"), DENIED, "same"),
+        (answer(454, "4.7.1 <x>: Relay access denied"), DENIED, "code"),
+        (answer(554, "5.7.1 <x>: Relay access denied"), RELAYED, "looser"),
+        (answer(454, "4.7.1 <x>: Relay access denied"), RELAYED, "looser"),
+        (answer(553, "5.7.1 <s>: Sender address rejected", "MAIL"), RELAYED, "looser"),
+        (answer(501, "5.1.3 Bad recipient address syntax"), RELAYED, "postfix-only"),
+        (
+            answer(501, "5.1.3 <x>: Recipient address rejected: Bad recipient address syntax"),
+            RELAYED,
+            "postfix-only",
+        ),
+        (
+            answer(
+                550, "5.1.1 <x>: Recipient address rejected: User unknown in local recipient table"
+            ),
+            ACCEPT,
+            "postfix-only",
+        ),
+        # An unknown user of a foreign domain is no recipient check of ours: looser.
+        (
+            answer(
+                550, "5.1.1 <x>: Recipient address rejected: User unknown in local recipient table"
+            ),
+            RELAYED,
+            "looser",
+        ),
+        (OK._replace(stage="not sent", code=0, reply="no SMTPUTF8"), ACCEPT, "not sent"),
+    ],
+)
+def test_classify(postfix: AuditResult, ours: Decision, kind: str) -> None:
+    assert classify(postfix, ours) == kind
+
+
+def test_recipient_corpus() -> None:
+    corpus = recipient_corpus(["example.org", "例え.jp"], ["relay.test"], "192.0.2.1")
+    by_name = {probe.name: probe.recipient for probe in corpus}
+    assert len(by_name) == len(corpus)
+    assert by_name["corpus:routing-percent-ours"] == "user%例え.jp@example.org"
+    assert by_name["corpus:literal-server"] == "user@[192.0.2.1]"
+    assert by_name["corpus:relay-subdomain"] == "user@mx.relay.test"
+    assert by_name["corpus:idn-a-label:xn--r8jz45g.jp"] == "user@xn--r8jz45g.jp"
+    assert by_name["corpus:idn-u-label:xn--r8jz45g.jp"] == "user@例え.jp"
+    assert all(probe.sender == "" for probe in corpus)
+    ipv6 = recipient_corpus(["example.org"], [], "2001:db8::25")
+    assert "user@[IPv6:2001:db8::25]" in {probe.recipient for probe in ipv6}
+
+
+def test_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[domains]\nlocal = ["example.org"]\n')
+    base = ["postfix", "compare", "--config", str(config), "--source-address", OUTSIDER]
+    with pytest.raises(SystemExit) as exited:
+        main(["postfix"])
+    assert exited.value.code == 64
+    assert main([*base, "--smtp", "127.0.0.1:25", "--login", "taro"]) == 64
+    assert main([*base, "--smtp", "nonsense"]) == 64
+    assert main([*base, "--smtp", "127.0.0.1:25", "--cafile", "x.pem"]) == 64
+    missing = ["postfix", "compare", "--config", str(tmp_path / "none.toml")]
+    assert main([*missing, "--smtp", "127.0.0.1:25", "--source-address", OUTSIDER]) == 66
+    port = free_port()  # nothing listens there
+    assert main([*base, "--smtp", f"127.0.0.1:{port}"]) == 69
+    assert "relaypolicy postfix compare: error: 127.0.0.1:" in capsys.readouterr().err

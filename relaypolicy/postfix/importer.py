@@ -40,9 +40,9 @@ from typing import NamedTuple
 from relaypolicy.domains import DomainSet, normalize_domain
 from relaypolicy.errors import ConfigError, DomainError
 from relaypolicy.networks import parse_network
+from relaypolicy.postfix.maps import MapReader
 from relaypolicy.postfix.postconf import Postconf, Service, expand, split_list
 from relaypolicy.postfix.restrictions import LISTS, chain_for
-from relaypolicy.senders import sender_key
 
 __all__ = ["Refusal", "Translation", "translate"]
 
@@ -79,7 +79,6 @@ _RELEVANT = (
 )
 _NOBODY = "@sender-login-maps-not-translated.invalid"  # RFC 2606: matches no sender
 _PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465}
-_READABLE = ("hash", "btree", "texthash", "lmdb", "cdb")
 _TABLE = re.compile(r"^[a-z][a-z0-9_]*:(?!:)(?![0-9a-f]{0,4}:)")  # hash:/x, not fe80::/10
 
 
@@ -120,6 +119,7 @@ class _Importer:
         self.refusals: list[Refusal] = []
         self.notes: list[str] = []
         self._local_names: set[str] = set()
+        self.maps = MapReader(read_file, self.refuse, self.notes)
 
     def refuse(self, parameter: str, value: str, reason: str) -> None:
         refusal = Refusal(parameter, _one_line(value), reason)
@@ -246,83 +246,6 @@ class _Importer:
                 trusted.append((str(network), "mynetworks"))
         return trusted
 
-    # --- maps ---------------------------------------------------------------------------
-
-    def table(self, parameter: str, text: str) -> list[tuple[str, str]] | None:
-        """(key, value) pairs of one Postfix table, or ``None`` and a refusal."""
-        kind, _, name = text.partition(":")
-        if kind == "inline" and name.startswith("{") and name.endswith("}"):
-            pairs = []
-            for entry in split_list(name[1:-1]):
-                key, equals, value = entry.strip("{} ").partition("=")
-                if not equals:
-                    self.refuse(parameter, text, f"inline entry {entry!r} is not key=value")
-                    return None
-                pairs.append((key.strip(), value.strip()))
-            return pairs
-        if kind not in _READABLE or not name.startswith("/"):
-            self.refuse(
-                parameter,
-                text,
-                f"a {kind or 'file'} table: relaypolicy reads hash, "
-                "btree, texthash and inline tables only (their source text)",
-            )
-        elif self.read_file is None:
-            self.refuse(parameter, text, "the table's source file cannot be read here")
-        else:
-            try:
-                content = self.read_file(name)
-            except OSError as exc:
-                self.refuse(parameter, text, f"cannot read {name}: {exc.strerror or exc}")
-                return None
-            if kind != "texthash":
-                self.notes.append(
-                    f"{parameter}: read from {name}, the source of {text}: "
-                    "run postmap if it changed since"
-                )
-            return _map_lines(content)
-        return None
-
-    def sender_logins(self) -> list[tuple[str, list[str]]]:
-        logins: dict[str, tuple[str, list[str]]] = {}
-        text = self.value("smtpd_sender_login_maps")
-        for table in split_list(text):
-            for key, value in self.table("smtpd_sender_login_maps", table) or []:
-                try:
-                    lookup, domain = sender_key(key)
-                except ValueError as exc:
-                    self.refuse("smtpd_sender_login_maps", f"{key} {value}", f"{exc}")
-                    continue
-                marked = ("@" if domain else "") + lookup
-                names = value.replace(",", " ").split()
-                if marked not in logins and names:  # the first table that has it wins
-                    logins[marked] = (key, names)
-        if not logins:
-            self.refuse("smtpd_sender_login_maps", text or "(empty)", "no sender to translate")
-        return list(logins.values())
-
-    def fingerprints(self) -> list[str]:
-        digest = self.value("smtpd_tls_fingerprint_digest").lower()
-        if digest not in ("sha256", "sha384", "sha512"):
-            self.refuse(
-                "smtpd_tls_fingerprint_digest",
-                digest,
-                "relaypolicy pins SHA-256 (or longer) fingerprints",
-            )
-            return []
-        found = [
-            key
-            for table in split_list(self.value("relay_clientcerts"))
-            for key, _ in self.table("relay_clientcerts", table) or []
-        ]
-        if not found:
-            self.refuse(
-                "relay_clientcerts",
-                self.value("relay_clientcerts") or "(empty)",
-                "permit_tls_clientcerts without a certificate to translate",
-            )
-        return found
-
     # --- services -----------------------------------------------------------------------
 
     def service_port(self, service: Service) -> int | None:
@@ -336,24 +259,6 @@ def _covered(name: str, parents: set[str]) -> bool:
     """Whether a strict parent of ``name`` is listed with its subdomains."""
     labels = name.split(".")
     return any(".".join(labels[i:]) in parents for i in range(1, len(labels)))
-
-
-def _map_lines(content: str) -> list[tuple[str, str]]:
-    """Key/value pairs of a Postfix table's source text (postmap(1) input format)."""
-    pairs: list[tuple[str, str]] = []
-    for raw in content.splitlines():
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        if raw[0].isspace() and pairs:
-            key, value = pairs[-1]
-            pairs[-1] = (key, f"{value} {raw.strip()}")
-            continue
-        key, _, value = raw.strip().partition(" ")
-        if "\t" in key:
-            key, _, rest = key.partition("\t")
-            value = f"{rest} {value}"
-        pairs.append((key, value.strip()))
-    return pairs
 
 
 def _effective(importer: _Importer, service: Service) -> dict[str, str]:
@@ -418,8 +323,14 @@ def translate(
         importer.notes.extend(chain.notes)
     used = {step for _, chain in chains.values() for step in chain.steps}
     trusted = importer.networks() if "trusted_networks" in used else []
-    logins = importer.sender_logins() if any(c.sender_logins for _, c in chains.values()) else []
-    certificates = importer.fingerprints() if "client_certificate" in used else []
+    logins = []
+    if any(c.sender_logins for _, c in chains.values()):
+        logins = importer.maps.sender_logins(importer.value("smtpd_sender_login_maps"))
+    certificates = []
+    if "client_certificate" in used:
+        certificates = importer.maps.fingerprints(
+            importer.value("smtpd_tls_fingerprint_digest"), importer.value("relay_clientcerts")
+        )
     if "client_certificate" in used and not certificates:  # leave the permit out: stricter
         chains = {
             port: (

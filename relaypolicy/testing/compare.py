@@ -49,6 +49,7 @@ __all__ = [
     "KINDS",
     "Login",
     "Row",
+    "classify",
     "compare",
     "compare_table",
     "parse_host_port",
