@@ -172,6 +172,16 @@ def test_domains_networks_and_their_comments() -> None:
     )
 
 
+def test_address_literals_and_both_idn_forms() -> None:
+    result = imported(
+        "mydestination = example.org, [192.0.2.1], 例え.jp, xn--r8jz45g.jp\n"
+        "smtpd_relay_restrictions = reject_unauth_destination\n"
+    )
+    assert result.refusals == []
+    assert result.data["domains"]["local"] == ["example.org", "[192.0.2.1]", "例え.jp",
+                                               "xn--r8jz45g.jp"]  # fmt: skip
+
+
 def test_relay_domains_matched_exactly_become_local() -> None:
     result = imported(
         "parent_domain_matches_subdomains = debug_peer_list\nrelay_domains = relay.test\n"

@@ -209,9 +209,9 @@ class _Importer:
         one domain, so a name listed in one form only would widen what is accepted."""
         listed = set(names)
         for name in names:
+            if name.startswith("[") or (name.isascii() and "xn--" not in name):
+                continue  # an address literal, or a plain ASCII name
             ace = normalize_domain(name)
-            if name.isascii() and "xn--" not in name:
-                continue
             other = ace if not name.isascii() else ace.encode("ascii").decode("idna")
             if other not in listed:
                 self.refuse(
