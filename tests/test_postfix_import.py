@@ -329,7 +329,8 @@ def test_mynetworks_from_mynetworks_style_needs_the_host() -> None:
     result = imported(
         "mynetworks_style = subnet\nsmtpd_relay_restrictions = permit_mynetworks, "
         "reject_unauth_destination\n",
-        base="myhostname = mx.example.org\nmydestination = example.org\n",
+        base="compatibility_level = 3.6\nmyhostname = mx.example.org\n"
+        "mydestination = example.org\n",
     )
     (refusal,) = result.refusals
     assert refusal.parameter == "mynetworks"
@@ -339,9 +340,24 @@ def test_mynetworks_from_mynetworks_style_needs_the_host() -> None:
 
 
 def test_a_host_dependent_default_is_refused() -> None:
-    result = imported("smtpd_relay_restrictions = reject_unauth_destination\n", base="")
+    result = imported(
+        "compatibility_level = 3.6\nsmtpd_relay_restrictions = reject_unauth_destination\n",
+        base="",
+    )
     assert [r.parameter for r in result.refusals] == ["mydestination", "mydestination"]
     assert "$myhostname" in result.refusals[0].reason
+
+
+def test_defaults_that_depend_on_the_compatibility_level_are_not_guessed() -> None:
+    """Below level 2 relay_domains defaults to $mydestination (and at level 0
+    smtpd_relay_restrictions is empty): without them in the output, the import asks."""
+    base = "myhostname = mx.example.org\nmydestination = example.org\nmynetworks = 127.0.0.1\n"
+    old = imported("compatibility_level = 1\n", base=base)
+    assert {r.parameter for r in old.refusals} == {"relay_domains"}
+    none = imported("", base=base)
+    assert {r.parameter for r in none.refusals} == {"relay_domains", "smtpd_relay_restrictions"}
+    new = imported("compatibility_level = 3.6\n", base=base)
+    assert new.refusals == []
 
 
 def test_refused_items_never_widen_the_chain() -> None:

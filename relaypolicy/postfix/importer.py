@@ -25,8 +25,10 @@ does not) and listed, as a comment at the top of the file and for the caller to 
   ``btree:``, ``texthash:`` (the source text, through ``read_file``) or ``inline:{...}``.
 
 Defaults: ``postconf -x`` prints every parameter, defaults included. Text without them
-(``postconf -n``) gets the defaults of Postfix 3.6+ that do not depend on the host; a
-parameter that does (``mynetworks``, ``myhostname``) must be in the text.
+(``postconf -n``) gets the defaults of Postfix 3.6+ that depend neither on the host nor,
+at the ``compatibility_level`` the text gives (0 when it gives none), on that level; any
+other parameter (``mynetworks``, ``myhostname``, ``relay_domains`` below level 2) must be
+in the text.
 """
 
 from __future__ import annotations
@@ -66,6 +68,24 @@ DEFAULTS = {
     "smtpd_tls_fingerprint_digest": "sha256",
     "smtpd_delay_reject": "yes",
 }
+# Defaults that hold from this compatibility_level on; below it, the parameter must be in
+# the output (postconf -x prints it).
+_LEVEL_DEPENDENT = {
+    "relay_domains": (2,),
+    "smtpd_relay_restrictions": (1,),
+    "smtpd_tls_fingerprint_digest": (3, 6),
+}
+
+
+def _level(text: str) -> tuple[int, ...]:
+    """``compatibility_level`` as a comparable tuple (``3.6`` -> ``(3, 6)``); ``(0,)`` when
+    it is not a number (a ``$name`` postconf did not expand)."""
+    try:
+        return tuple(int(part) for part in text.strip().split("."))
+    except ValueError:
+        return (0,)
+
+
 # Overrides relaypolicy cannot hold per port: its domains and networks are global.
 _GLOBAL_ONLY = ("mydestination", "relay_domains", "mynetworks", "parent_domain_matches_subdomains")
 _RELEVANT = (
@@ -111,7 +131,13 @@ def _one_line(text: str) -> str:
 
 class _Importer:
     def __init__(self, postconf: Postconf, read_file: Callable[[str], str] | None) -> None:
-        self.params = {**DEFAULTS, **postconf.params}
+        level = _level(postconf.params.get("compatibility_level", "0"))
+        defaults = {
+            name: value
+            for name, value in DEFAULTS.items()
+            if level >= _LEVEL_DEPENDENT.get(name, (0,))
+        }
+        self.params = {**defaults, **postconf.params}
         if "mydomain" not in self.params and "." in self.params.get("myhostname", ""):
             self.params["mydomain"] = self.params["myhostname"].split(".", 1)[1]
         self.services = postconf.services
