@@ -415,6 +415,11 @@ def test_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main([*base, "--smtp", "127.0.0.1:25", "--cafile", "x.pem"]) == 64
     missing = ["postfix", "compare", "--config", str(tmp_path / "none.toml")]
     assert main([*missing, "--smtp", "127.0.0.1:25", "--source-address", OUTSIDER]) == 66
+    permit_only = tmp_path / "next.toml"
+    permit_only.write_text('[domains]\nlocal = ["example.org"]\n[chain]\notherwise = "next"\n')
+    next_args = ["postfix", "compare", "--config", str(permit_only), "--source-address", OUTSIDER]
+    assert main([*next_args, "--smtp", "127.0.0.1:25"]) == 64
+    assert 'otherwise = "next"' in capsys.readouterr().err
     port = free_port()  # nothing listens there
     assert main([*base, "--smtp", f"127.0.0.1:{port}"]) == 69
     assert "relaypolicy postfix compare: error: 127.0.0.1:" in capsys.readouterr().err

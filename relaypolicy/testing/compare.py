@@ -287,6 +287,11 @@ def compare(
     login (``sasl_username``). Raises :class:`~relaypolicy.errors.AuditError` when Postfix
     cannot be asked. ``extra`` questions are asked after the battery and the corpus.
     """
+    if config.default is Verdict.NEXT:
+        raise ValueError(
+            f'{config.source}: chain.otherwise = "next" leaves decisions to Postfix: there '
+            "is nothing to compare (compare the gate relaypolicy would be, with reject)"
+        )
     local = list(config.local_domains)
     relays = list(config.relay_domains)
     if not local and not relays:
