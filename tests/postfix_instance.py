@@ -29,7 +29,7 @@ import signal
 import smtplib
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -47,7 +47,14 @@ from realservers import (
     wait_gone,
 )
 
-__all__ = ["PostfixConfig", "PostfixInstance", "RcptSession", "Reply", "running_postfix"]
+__all__ = [
+    "INTERNAL_SERVICES",
+    "PostfixConfig",
+    "PostfixInstance",
+    "RcptSession",
+    "Reply",
+    "running_postfix",
+]
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -221,9 +228,19 @@ class PostfixInstance:
         return tail(self.maillog, lines)
 
 
+#: The internal services of the test master.cf (everything but the listener), for a
+#: harness that writes its own listeners.
+INTERNAL_SERVICES = _MASTER_CF.split("\n", 2)[2]
+
+
 @contextlib.contextmanager
-def running_postfix(config: PostfixConfig) -> Iterator[PostfixInstance]:
+def running_postfix(
+    config: PostfixConfig,
+    make: Callable[[Path, PostfixConfig, int, str], PostfixInstance] = PostfixInstance,
+) -> Iterator[PostfixInstance]:
     """Start a private instance; stop it and remove its directory afterwards.
+
+    ``make`` builds the instance (a subclass may write its own main.cf and master.cf).
 
     Skips (or fails under ``RELAYPOLICY_REQUIRE_REAL=1``) when Postfix is not installed,
     when not root, or when its users are missing; fails when it is there but will not start.
@@ -241,7 +258,7 @@ def running_postfix(config: PostfixConfig) -> Iterator[PostfixInstance]:
     root = Path(tempfile.mkdtemp(prefix="relaypolicy-postfix-"))
     # Postfix daemons run as the postfix user and must reach the queue below this.
     root.chmod(0o755)
-    instance = PostfixInstance(root, config, free_port(config.host), postfix)
+    instance = make(root, config, free_port(config.host), postfix)
     try:
         instance.write_config()
         instance.start()

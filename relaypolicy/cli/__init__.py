@@ -21,6 +21,7 @@ from relaypolicy.cli import (
     exim,
     milter,
     passwd,
+    postfix,
     serve,
     smtpd,
     test,
@@ -33,7 +34,20 @@ __all__ = ["COMMANDS", "main"]
 # name -> (add the parser, run): the order is the order of `relaypolicy --help`.
 COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser], Callable[..., int]]] = {
     module.__name__.rsplit(".", 1)[1]: (module.add_parser, module.run)
-    for module in (check, serve, config, ctl, smtpd, passwd, test, audit, watch, milter, exim)
+    for module in (
+        check,
+        serve,
+        config,
+        ctl,
+        smtpd,
+        passwd,
+        test,
+        audit,
+        watch,
+        postfix,
+        milter,
+        exim,
+    )
 }
 
 
