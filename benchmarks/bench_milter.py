@@ -56,7 +56,7 @@ from loadgen import (
 from workload import RELAYPOLICY_CONFIG, make_workload, policy_client, start_serve
 
 from relaypolicy.milter.client import connect_packet, macro_packet, optneg
-from relaypolicy.milter.codec import encode_packet
+from relaypolicy.milter.protocol import encode_packet
 
 TARGET_RATIO = 0.5  # milter / serve throughput at TARGET_CONNECTIONS
 TARGET_CONNECTIONS = 8

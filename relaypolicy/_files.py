@@ -10,6 +10,7 @@ leaves its temporary file behind: :func:`remove_stale_temps` clears them at the 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import stat
@@ -17,9 +18,11 @@ import tempfile
 from os import PathLike
 
 __all__ = [
+    "LockedError",
     "NotRegularFileError",
     "fsync_directory",
     "fsync_path",
+    "lock_exclusively",
     "read_regular",
     "remove_stale_temps",
     "write_atomically",
@@ -135,3 +138,32 @@ def write_atomically(path: str | PathLike[str], data: bytes, *, mode: int = 0o64
             os.unlink(temporary)
         raise
     fsync_directory(os.path.dirname(name) or ".")
+
+
+class LockedError(OSError):
+    """The lock file is held by another process; :attr:`owner` is the pid it wrote, or ""."""
+
+    def __init__(self, path: str, owner: str) -> None:
+        super().__init__(f"{path}: locked by another process")
+        self.owner = owner
+
+
+def lock_exclusively(path: str) -> int:
+    """Create or open ``path`` and take an exclusive ``flock`` on it without waiting; the
+    descriptor, which holds the lock until it is closed (the kernel drops it when the
+    process dies). This process's pid is written into the file, for the next one's
+    message. Raises :class:`LockedError` when another process holds it, :class:`OSError`
+    when the file cannot be opened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise LockedError(path, owner if owner.isdigit() else "") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd

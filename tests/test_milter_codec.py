@@ -11,15 +11,14 @@ from hypothesis import strategies as st
 from relaypolicy import LocalDomainOnly, OpenRelay
 from relaypolicy.errors import ProtocolError
 from relaypolicy.milter.client import connect_packet, macro_packet, optneg
-from relaypolicy.milter.codec import (
+from relaypolicy.milter.codec import MilterConnection, Recipient
+from relaypolicy.milter.protocol import (
     SMFIF_SETSYMLIST,
     SMFIP_NOBODY,
     SMFIP_NR_CONN,
     SMFIP_NR_HELO,
     SMFIP_NR_MAIL,
     WANTED_PROTOCOL,
-    MilterConnection,
-    Recipient,
     encode_decision,
     encode_packet,
     encode_reply,

@@ -18,7 +18,7 @@ import pytest
 from relaypolicy import LocalDomainOnly, OpenRelay
 from relaypolicy.listeners import Listener
 from relaypolicy.milter.client import connect_packet, macro_packet, optneg
-from relaypolicy.milter.codec import encode_packet
+from relaypolicy.milter.protocol import encode_packet
 from relaypolicy.milter.server import MilterServer
 from relaypolicy.milter.settings import MilterSettings
 from relaypolicy.policies import Policy

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn, Protocol
@@ -40,6 +41,7 @@ __all__ = [
     "error",
     "file_status",
     "run_service",
+    "starttls_context",
 ]
 
 EX_USAGE = 64  # a command line that cannot be understood
@@ -152,3 +154,18 @@ def run_service(
             return error(command, cannot_listen(exc, where), EX_OSERR)
 
     return asyncio.run(serve())
+
+
+def starttls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client TLS context of ``--starttls``, ``--cafile`` and ``--insecure`` (``audit``,
+    ``postfix compare``); ``None`` without ``--starttls``. :class:`ValueError` for
+    ``--cafile``/``--insecure`` alone."""
+    if not args.starttls:
+        if args.cafile or args.insecure:
+            raise ValueError("--cafile and --insecure go with --starttls")
+        return None
+    context = ssl.create_default_context(cafile=args.cafile)
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

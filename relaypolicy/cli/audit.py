@@ -12,10 +12,9 @@ import argparse
 import ipaddress
 import json
 import socket
-import ssl
 from typing import Any
 
-from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error, file_status
+from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error, file_status, starttls_context
 from relaypolicy.config import Config, ConfigError, load_config
 from relaypolicy.networks import NetworkSet
 from relaypolicy.testing.audit import (
@@ -141,18 +140,6 @@ def _address_of(host: str) -> str:
         raise ValueError(f"--smtp: cannot resolve {host!r}: {exc}") from None
 
 
-def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if not args.starttls:
-        if args.cafile or args.insecure:
-            raise ValueError("--cafile and --insecure go with --starttls")
-        return None
-    context = ssl.create_default_context(cafile=args.cafile)
-    if args.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _config_hint(config: Config, client: str) -> str:
     """What to say when the probes' client is one the configuration trusts outright."""
     chains = [config.chain, *config.ports.values()]
@@ -238,7 +225,7 @@ def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any], str]:
         source_address=args.source_address,
         helo=args.helo,
         starttls=args.starttls,
-        tls_context=_tls_context(args),
+        tls_context=starttls_context(args),
         timeout=args.timeout,
     )
     source = f", from {args.source_address}" if args.source_address else ""

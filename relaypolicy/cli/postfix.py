@@ -27,8 +27,8 @@ from relaypolicy.cli._common import (
     EX_USAGE,
     error,
     file_status,
+    starttls_context,
 )
-from relaypolicy.cli.audit import _tls_context  # the same --starttls/--cafile/--insecure
 from relaypolicy.config import ConfigError, load_config
 from relaypolicy.postfix.importer import translate
 from relaypolicy.postfix.postconf import parse_postconf
@@ -217,7 +217,7 @@ def _compare(args: argparse.Namespace) -> int:
             return error("postfix compare", f"--password-file: {exc}", EX_NOINPUT)
         login = Login(args.login, password)
     try:
-        context = _tls_context(args)
+        context = starttls_context(args)
         rows = compare(
             config,
             host,

@@ -39,7 +39,6 @@ own bound methods: the policy's hot path never touches the journal.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import stat
@@ -49,14 +48,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from relaypolicy._files import (
+    LockedError,
     NotRegularFileError,
     fsync_directory,
+    lock_exclusively,
     read_regular,
     remove_stale_temps,
     write_atomically,
 )
 from relaypolicy.iptable.base import IpEntry, Login
-from relaypolicy.iptable.journal import APPEND_FLAGS, HEADER_LINE, journal_line, replay, write_all
+from relaypolicy.iptable.journal import (
+    APPEND_FLAGS,
+    HEADER_LINE,
+    journal_line,
+    replay_journals,
+    write_all,
+)
 from relaypolicy.iptable.persist import Row, write_entries
 
 if TYPE_CHECKING:
@@ -394,43 +401,20 @@ class DurableTable:
                     self._lock_fd = -1
 
 
-def replay_journals(
-    table: ExpiringIpTable, persist: str, wall_clock: Callable[[], float] = time.time
-) -> int:
-    """Apply the journals of ``persist`` (``.journal.old``, then ``.journal``) to ``table``,
-    which holds its snapshot; how many changes there were. Only reads: what a process that
-    merely looks at the table (``relaypolicy check --config``) needs to see what the
-    running service acknowledged. Raises :class:`TableFileError` for a damaged journal."""
-    return replay(table, persist + ".journal.old", wall_clock) + replay(
-        table, persist + ".journal", wall_clock
-    )
-
-
 def _lock(persist: str) -> int:
     """Take ``<persist>.lock`` for this process; its descriptor. Raises :class:`OSError`
     naming the path (and the owner's pid, when it wrote one) when another process has it."""
-    path = persist + ".lock"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OSError(f"{persist}: cannot keep the table's state here: {reason}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        by = f" (pid {owner})" if owner.isdigit() else ""
+        return lock_exclusively(persist + ".lock")
+    except LockedError as exc:
+        by = f" (pid {exc.owner})" if exc.owner else ""
         raise OSError(
             f"{persist}: in use by another relaypolicy process{by}: give each process its "
             "own pop_before_smtp.persist, or share the table through Redis (state)"
         ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return fd
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(f"{persist}: cannot keep the table's state here: {reason}") from None
 
 
 def _rows(table: ExpiringIpTable, wall_clock: Callable[[], float]) -> list[Row]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -166,3 +167,15 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def replay_journals(
+    table: ExpiringIpTable, persist: str, wall_clock: Callable[[], float] = time.time
+) -> int:
+    """Apply the journals of ``persist`` (``.journal.old``, then ``.journal``) to ``table``,
+    which holds its snapshot; how many changes there were. Only reads: what a process that
+    merely looks at the table (``relaypolicy check --config``) needs to see what the
+    running service acknowledged. Raises :class:`TableFileError` for a damaged journal."""
+    return replay(table, persist + ".journal.old", wall_clock) + replay(
+        table, persist + ".journal", wall_clock
+    )

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Mapping
 
 from relaypolicy.errors import ProtocolError
-from relaypolicy.milter.codec import (
+from relaypolicy.milter.protocol import (
     MILTER_VERSION,
     SMFIC_CONNECT,
     SMFIC_HELO,

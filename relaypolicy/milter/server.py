@@ -33,13 +33,8 @@ from collections.abc import Sequence
 from relaypolicy.connections import TimedConnection
 from relaypolicy.decisions import Decider
 from relaypolicy.listeners import Listener, Listening
-from relaypolicy.milter.codec import (
-    MilterConnection,
-    ProtocolError,
-    Recipient,
-    encode_decision,
-    encode_reply,
-)
+from relaypolicy.milter.codec import MilterConnection, ProtocolError, Recipient
+from relaypolicy.milter.protocol import encode_decision, encode_reply
 from relaypolicy.milter.settings import MilterSettings
 from relaypolicy.policies import Policy
 from relaypolicy.replies import CANNOT_EVALUATE, NO_CLIENT_ADDRESS

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 
 from relaypolicy.listeners import listen_settings
-from relaypolicy.milter.codec import MAX_PACKET
+from relaypolicy.milter.protocol import MAX_PACKET
 from relaypolicy.settings import Section
 
 __all__ = ["MILTER_KEYS", "MilterSettings", "parse_milter"]

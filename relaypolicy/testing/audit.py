@@ -40,6 +40,7 @@ from relaypolicy.testing.report import JUnitCase, format_table
 __all__ = [
     "AuditError",
     "AuditResult",
+    "SmtpSession",
     "audit_policy",
     "audit_smtp",
     "audit_table",
@@ -128,7 +129,7 @@ def _reply(code: int, text: bytes | str) -> str:
     return f"{code} {text}".replace("\n", " ").strip()
 
 
-class _Session:
+class SmtpSession:
     """One SMTP client session that asks probes; reconnects when the server hangs up."""
 
     def __init__(
@@ -250,7 +251,7 @@ def audit_smtp(
     ``tls_context`` (default: the system's trust store). Raises :class:`AuditError` when
     the audit cannot run.
     """
-    session = _Session(
+    session = SmtpSession(
         host,
         port,
         source_address=source_address,

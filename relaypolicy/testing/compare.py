@@ -41,7 +41,7 @@ from relaypolicy.domains import DomainError, normalize_domain
 from relaypolicy.errors import AuditError
 from relaypolicy.model import Decision, Verdict
 from relaypolicy.settings import parse_host_port
-from relaypolicy.testing.audit import AuditResult, _Session, audit_policy, audit_smtp
+from relaypolicy.testing.audit import AuditResult, SmtpSession, audit_policy, audit_smtp
 from relaypolicy.testing.probes import Probe, probe_battery
 from relaypolicy.testing.report import format_table
 
@@ -207,7 +207,7 @@ class Login(NamedTuple):
     password: str
 
 
-class _LoginSession(_Session):
+class _LoginSession(SmtpSession):
     """An audit session that logs in after EHLO (and STARTTLS), so the questions are
     asked as an authenticated client; the in-process requests carry the same login."""
 
