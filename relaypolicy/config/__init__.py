@@ -28,6 +28,7 @@ from relaypolicy.iptable.base import IpTable, ManagedTable
 from relaypolicy.iptable.durable import DurableTable
 from relaypolicy.model import Verdict
 from relaypolicy.networks import NetworkSet
+from relaypolicy.opensmtpd.settings import OpenSmtpdSettings, parse_opensmtpd
 from relaypolicy.policies import FirstMatch, Policy
 from relaypolicy.policies.auth import SmtpAuthRequired
 from relaypolicy.policies.ports import ByServerPort
@@ -104,6 +105,7 @@ class Config:
     log: LogSettings
     watch: WatchSettings | None = None
     metrics: MetricsSettings | None = None
+    opensmtpd: OpenSmtpdSettings = OpenSmtpdSettings()
 
     def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
@@ -259,6 +261,7 @@ SECTIONS = (
     "smtpd",
     "watch",
     "metrics",
+    "opensmtpd",
 )
 
 
@@ -315,6 +318,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         ),
         watch=_watch_settings(data, pop),
         metrics=parse_metrics(data["metrics"]) if "metrics" in data else None,
+        opensmtpd=parse_opensmtpd(data.get("opensmtpd")),
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).
