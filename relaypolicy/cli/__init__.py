@@ -14,6 +14,7 @@ from typing import Any
 
 from relaypolicy import __version__
 from relaypolicy.cli import audit, check, config, ctl, passwd, serve, smtpd, test, watch
+from relaypolicy.cli import opensmtpd as opensmtpd_filter
 from relaypolicy.cli._common import EX_USAGE, Parser
 
 __all__ = ["COMMANDS", "main"]
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser], Callable[...
     module.__name__.rsplit(".", 1)[1]: (module.add_parser, module.run)
     for module in (check, serve, config, ctl, smtpd, passwd, test, audit, watch)
 }
+COMMANDS[opensmtpd_filter.COMMAND] = (opensmtpd_filter.add_parser, opensmtpd_filter.run)
 
 
 def _build_parser() -> argparse.ArgumentParser:
