@@ -18,8 +18,10 @@ What OpenSMTPD 6.8 needs, found out by running it (``smtpd -d -f FILE``):
 - When a filter exits, ``smtpd`` logs ``lost processor`` and shuts down
   (``parent_shutdown``): nothing is accepted without the filter.
 
-Every recipient goes to one ``relay host`` on a loopback port nobody listens on: the
-tests never send DATA, and nothing could leave the machine if one did.
+The configuration is ``docs/opensmtpd.md``'s: the filtered listener tags its sessions and
+only tagged sessions may relay, to any recipient (the filter is the gate). Every recipient
+goes to one ``relay host`` on a loopback port nobody listens on: the tests never send
+DATA, and nothing could leave the machine if one did.
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ LOCK = Path(tempfile.gettempdir()) / "relaypolicy-opensmtpd.lock"
 
 SMTPD_CONF = """\
 filter relaypolicy proc-exec "{command}" user root group root
-listen on 127.0.0.1 port {port} filter relaypolicy
+listen on 127.0.0.1 port {port} tag RELAYPOLICY filter relaypolicy
 action "out" relay host smtp://127.0.0.1:{dead_port}
-match from any for any action "out"
+match from any tag RELAYPOLICY for any action "out"
 """
 
 
