@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import serve_process
 from realservers import wait_until
+from redis_instance import running_redis
 
 from relaypolicy.daemon.control import ask
 
@@ -59,14 +61,20 @@ def environment() -> dict[str, str]:
 class Filter:
     """One filter process; the test is smtpd."""
 
-    def __init__(self, directory: Path, *, socketpair: bool = False, extra: str = "") -> None:
+    def __init__(
+        self, directory: Path, *, socketpair: bool = False, config: str = "", extra: str = ""
+    ) -> None:
+        """``config``: the policy part instead of :data:`CONFIG` (the ``[opensmtpd]``
+        section with the control socket is added); ``extra``: lines added at the end."""
         self.directory = directory
         self.control = directory / "control.sock"
         self.persist = directory / "table.json"
         self.config = directory / "relaypolicy.toml"
-        self.config.write_text(
-            CONFIG.format(persist=self.persist, control=self.control) + extra, encoding="utf-8"
-        )
+        if config:
+            text = config + f'\n[opensmtpd]\ncontrol_socket = "{self.control}"\n'
+        else:
+            text = CONFIG.format(persist=self.persist, control=self.control)
+        self.config.write_text(text + extra, encoding="utf-8")
         self.stderr = directory / "stderr.log"
         command = [sys.executable, "-m", "relaypolicy", "opensmtpd-filter"]
         command += ["--config", str(self.config)]
@@ -360,3 +368,84 @@ def test_a_configuration_that_cannot_be_read_exits_66_on_stderr(tmp_path: Path) 
     assert done.returncode == 66
     assert done.stdout == b""
     assert done.stderr.startswith(b"relaypolicy opensmtpd-filter: error: ")
+
+
+def dovecot_login(client: str) -> str:
+    return (
+        time.strftime("%b %d %H:%M:%S")
+        + f" pop3-login: Info: Login: user=<taro>, method=PLAIN, rip={client}, "
+        "lip=127.0.0.1, mpid=1, session=<abc>\n"
+    )
+
+
+def test_the_watcher_feeds_the_filters_table(tmp_path: Path) -> None:
+    """[watch] in the filter's own file: a POP3 login in the log lets that client relay."""
+    log = tmp_path / "dovecot.log"
+    log.write_text("")
+    watch = f'\n[watch]\nlog = "{log}"\nformat = "dovecot"\ninterval = 0.05\n'
+    process = Filter(tmp_path, extra=watch)
+    try:
+        process.handshake()
+        process.connect(session(12), "127.0.0.21")
+        assert process.rcpt(session(12), "user@foreign.example").startswith("reject|554 ")
+        with log.open("a") as stream:
+            stream.write(dovecot_login("127.0.0.21"))
+        wait_until(
+            lambda: process.rcpt(session(12), "user@foreign.example") == "proceed",
+            "the login to let 127.0.0.21 relay",
+        )
+    finally:
+        process.stop()
+
+
+REDIS_CONFIG = """
+[domains]
+local = ["local.test"]
+
+[pop_before_smtp]
+ttl = 1800
+state = "{url}"
+max_staleness = 1
+
+[chain]
+steps = ["pop_before_smtp", "local_domains"]
+"""
+
+
+def test_a_redis_fleet_feeds_the_filter_and_an_unreadable_table_defers(tmp_path: Path) -> None:
+    """A login recorded through `relaypolicy serve`'s control socket reaches the filter
+    through Redis; with Redis gone longer than max_staleness, the filter's table cannot be
+    read and a relay from an unknown client gets a 451, never a proceed."""
+    with running_redis() as redis_server:
+        config = REDIS_CONFIG.format(url=redis_server.url)
+        (tmp_path / "serve").mkdir()
+        service = serve_process.start_service(tmp_path / "serve", config)
+        process = Filter(tmp_path, config=config)
+        try:
+            process.handshake()
+            process.connect(session(13), "127.0.0.31")
+            process.connect(session(14), "127.0.0.32")
+            wait_until(
+                lambda: process.rcpt(session(13), "user@foreign.example").startswith("reject|554 "),
+                "the filter's replica to load",
+                timeout=30,
+            )
+            assert service.ctl("add", "127.0.0.31")["ok"]
+            wait_until(
+                lambda: process.rcpt(session(13), "user@foreign.example") == "proceed",
+                "the login to reach the filter through Redis",
+                timeout=30,
+            )
+            redis_server.kill()
+            wait_until(
+                lambda: (
+                    process.rcpt(session(14), "user@foreign.example")
+                    == "reject|451 4.3.0 Temporary lookup failure"
+                ),
+                "the filter to defer an unknown client once cut off",
+                timeout=30,
+            )
+            assert process.rcpt(session(14), "user@local.test") == "proceed"
+        finally:
+            process.stop()
+            service.stop()
