@@ -449,3 +449,27 @@ def test_a_redis_fleet_feeds_the_filter_and_an_unreadable_table_defers(tmp_path:
         finally:
             process.stop()
             service.stop()
+
+
+def test_no_opinion_is_a_refusal(tmp_path: Path) -> None:
+    """A chain that ends without an answer (otherwise = "next") must not let smtpd's
+    relay-anything match rule decide: the filter refuses."""
+    config = """
+[networks]
+trusted = ["127.0.0.1/32"]
+
+[chain]
+steps = ["trusted_networks"]
+otherwise = "next"
+"""
+    process = Filter(tmp_path, config=config)
+    try:
+        process.handshake()
+        process.connect(session(15), "127.0.0.10")
+        assert process.rcpt(session(15), "user@foreign.example") == (
+            "reject|554 5.7.1 <user@foreign.example>: Relay access denied"
+        )
+        process.connect(session(16), "127.0.0.1")
+        assert process.rcpt(session(16), "user@foreign.example") == "proceed"
+    finally:
+        process.stop()

@@ -79,6 +79,14 @@ class _Stream(asyncio.Protocol):
             self.lost.set_result(None)
         self.front.end_of_input()
 
+    # smtpd not reading our answers: stop reading its requests until it catches up, so
+    # the answers waiting in memory stay bounded by the transport's high-water mark.
+    def pause_writing(self) -> None:
+        self.front.pause_input(True)
+
+    def resume_writing(self) -> None:
+        self.front.pause_input(False)
+
 
 class OpenSmtpdFrontEnd:
     """The filter protocol on two descriptors, as a front end of the runtime.
@@ -190,6 +198,15 @@ class OpenSmtpdFrontEnd:
                 log.warning("smtpd stream: %s: %s", event.kind, event.message)
         if out and self._writer is not None and not self._writer.is_closing():
             self._writer.write(b"".join(out))
+
+    def pause_input(self, pause: bool) -> None:
+        """Stop (or resume) reading ``smtpd``'s lines while our answers back up."""
+        reader = self._reader
+        if isinstance(reader, asyncio.ReadTransport) and not reader.is_closing():
+            if pause:
+                reader.pause_reading()
+            else:
+                reader.resume_reading()
 
     def end_of_input(self) -> None:
         """``smtpd`` closed our input (it exited): stop the runtime once."""
