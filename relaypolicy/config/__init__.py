@@ -105,7 +105,7 @@ class Config:
     log: LogSettings
     watch: WatchSettings | None = None
     metrics: MetricsSettings | None = None
-    opensmtpd: OpenSmtpdSettings = OpenSmtpdSettings()
+    opensmtpd: OpenSmtpdSettings = attrs.field(factory=OpenSmtpdSettings)
 
     def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
