@@ -46,6 +46,8 @@ from relaypolicy.config import parse_config
 from relaypolicy.daemon.control import ask
 from relaypolicy.testing.probes import relay_probes
 
+pytestmark = pytest.mark.real
+
 TRUSTED = "127.0.0.1"
 UNTRUSTED = "127.0.0.10"
 

@@ -16,6 +16,8 @@ from opensmtpd_instance import running_opensmtpd
 from realservers import require_loopback_address, wait_gone
 from test_opensmtpd_e2e import TRUSTED, UNTRUSTED, Client
 
+pytestmark = pytest.mark.real
+
 SMALL = """
 [domains]
 local = ["local.test"]

@@ -412,6 +412,7 @@ steps = ["pop_before_smtp", "local_domains"]
 """
 
 
+@pytest.mark.real
 def test_a_redis_fleet_feeds_the_filter_and_an_unreadable_table_defers(tmp_path: Path) -> None:
     """A login recorded through `relaypolicy serve`'s control socket reaches the filter
     through Redis; with Redis gone longer than max_staleness, the filter's table cannot be
