@@ -27,6 +27,7 @@ from relaypolicy.cli import (
     test,
     watch,
 )
+from relaypolicy.cli import opensmtpd as opensmtpd_filter
 from relaypolicy.cli._common import EX_USAGE, Parser
 
 __all__ = ["COMMANDS", "main"]
@@ -49,6 +50,7 @@ COMMANDS: dict[str, tuple[Callable[[Any], argparse.ArgumentParser], Callable[...
         exim,
     )
 }
+COMMANDS[opensmtpd_filter.COMMAND] = (opensmtpd_filter.add_parser, opensmtpd_filter.run)
 
 
 def _build_parser() -> argparse.ArgumentParser:

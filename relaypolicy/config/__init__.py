@@ -30,6 +30,7 @@ from relaypolicy.iptable.durable import DurableTable, replay_journals
 from relaypolicy.milter.settings import MilterSettings, parse_milter
 from relaypolicy.model import Verdict
 from relaypolicy.networks import NetworkSet
+from relaypolicy.opensmtpd.settings import OpenSmtpdSettings, parse_opensmtpd
 from relaypolicy.policies import FirstMatch, Policy
 from relaypolicy.policies.auth import SmtpAuthRequired
 from relaypolicy.policies.ports import ByServerPort
@@ -108,6 +109,7 @@ class Config:
     metrics: MetricsSettings | None = None
     milter: MilterSettings | None = None
     exim: EximSettings | None = None  # [exim]: relaypolicy exim (Exim's readsocket)
+    opensmtpd: OpenSmtpdSettings = attrs.field(factory=OpenSmtpdSettings)
 
     def build_policy(self, pop_table: IpTable | None = None) -> Policy:
         """The policy this file describes; ``pop_table`` is reused across reloads."""
@@ -270,6 +272,7 @@ SECTIONS = (
     "metrics",
     "milter",
     "exim",
+    "opensmtpd",
 )
 
 
@@ -328,6 +331,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config
         metrics=parse_metrics(data["metrics"]) if "metrics" in data else None,
         milter=parse_milter(data["milter"]) if "milter" in data else None,
         exim=parse_exim(data["exim"]) if "exim" in data else None,
+        opensmtpd=parse_opensmtpd(data.get("opensmtpd")),
     )
     try:
         # Build once to validate; a fresh in-memory table stands in (no file is read).
