@@ -29,7 +29,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "SIGTERM stops it (the POP-before-SMTP table is saved); SIGHUP reloads the "
         "configuration.",
         epilog='smtpd.conf: filter relaypolicy proc-exec "/usr/bin/relaypolicy '
-        'opensmtpd-filter --config /etc/relaypolicy.toml"  (see docs/opensmtpd.md)',
+        'opensmtpd-filter --config /etc/relaypolicy/relaypolicy.toml"  (see docs/opensmtpd.md)',
     )
     parser.add_argument("--config", required=True, metavar="FILE", help="the TOML configuration")
     return parser
