@@ -5,11 +5,16 @@ syntax error names the line. Loading builds nothing with side effects: the POP-b
 table is created (or kept, on reload) by the caller through :meth:`Config.build_policy`.
 
 See ``docs/configuration.md`` for the reference and ``examples/`` for whole files.
+
+Here: :class:`Config`, :data:`SECTIONS` (the sections a file may hold) and the parsing
+that puts them together. Each subsystem parses its own section (``[serve]`` in
+:mod:`relaypolicy.postfix.settings`, ``[watch]`` in :mod:`relaypolicy.watch.settings`...);
+``[pop_before_smtp]``, ``[smtp_auth]`` and ``[log]`` are read in
+:mod:`relaypolicy.config.sections`, the chain steps in :mod:`relaypolicy.config.steps`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +23,15 @@ from typing import Any
 import attrs
 
 from relaypolicy.config.metrics import MetricsSettings, parse_metrics
+from relaypolicy.config.sections import (
+    SYSLOG_FACILITIES,
+    AuthSettings,
+    LogSettings,
+    PopSettings,
+    _auth_settings,
+    _log_settings,
+    _pop_settings,
+)
 from relaypolicy.config.steps import STEPS, Step, check_needs, parse_chains
 from relaypolicy.domains import DomainSet
 from relaypolicy.errors import ConfigError, DomainError
@@ -40,53 +54,19 @@ from relaypolicy.settings import Section, locate
 from relaypolicy.smtpd.settings import parse_smtpd
 from relaypolicy.watch.settings import WatchSettings, parse_watch
 
-__all__ = ["STEPS", "Config", "ConfigError", "Step", "load_config", "parse_config", "read_toml"]
-
-
-@attrs.frozen
-class PopSettings:
-    """``[pop_before_smtp]``: the table and the NAT mitigation."""
-
-    ttl: float = 1800.0
-    max_entries: int | None = None
-    ipv6_prefix: int = 128
-    persist: str = ""
-    state: str = "memory"
-    bind_sender: Mapping[str, tuple[str, ...]] | None = None
-    max_staleness: float = 10.0  # shared state: defer unknown clients when cut off longer
-    key_prefix: str = "relaypolicy:pop"  # shared state: the Redis keys' prefix
-
-
-@attrs.frozen
-class AuthSettings:
-    """``[smtp_auth]``: TLS requirement and sender ownership."""
-
-    require_tls: bool = False
-    sender_logins: Mapping[str, tuple[str, ...]] | None = None
-
-
-#: ``[log] facility`` names: the syslog facilities of RFC 5424 section 6.2.1 (with their
-#: traditional names; ``security``, ``console`` and the like are not portable).
-SYSLOG_FACILITIES = (
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-    "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
-    "local7",
-)  # fmt: skip
-
-
-@attrs.frozen
-class LogSettings:
-    """``[log]``: level, format (``text`` or ``json`` lines) and where the lines go.
-
-    ``target`` is ``stderr``, ``syslog`` (a datagram to the local syslog socket ``address``,
-    ``/dev/log``, under ``facility``) or ``journald`` (stderr read by systemd's journal).
-    """
-
-    level: str = "INFO"
-    format: str = "text"
-    target: str = "stderr"
-    facility: str = "mail"
-    address: str = "/dev/log"
+__all__ = [
+    "STEPS",
+    "SYSLOG_FACILITIES",
+    "AuthSettings",
+    "Config",
+    "ConfigError",
+    "LogSettings",
+    "PopSettings",
+    "Step",
+    "load_config",
+    "parse_config",
+    "read_toml",
+]
 
 
 @attrs.frozen
@@ -349,86 +329,3 @@ def _watch_settings(data: Mapping[str, Any], pop: PopSettings | None) -> WatchSe
     if pop is None:
         raise ConfigError("watch: the watcher feeds the [pop_before_smtp] table; add one")
     return parse_watch(data["watch"])
-
-
-_POP_KEYS = (
-    "ttl",
-    "max_entries",
-    "ipv6_prefix",
-    "persist",
-    "state",
-    "bind_sender",
-    "max_staleness",
-    "key_prefix",
-)
-
-
-def _pop_settings(document: Section) -> PopSettings | None:
-    if "pop_before_smtp" not in document:
-        return None
-    section = document.section("pop_before_smtp", _POP_KEYS)
-    persist = section.string("persist", expected="a file path")
-    state = section.string("state", "memory", expected="a state URL")
-    try:
-        shared = parse_state_url(state).shared
-    except ValueError as exc:
-        raise section.error("state", str(exc)) from None
-    if shared:
-        if importlib.util.find_spec("redis") is None:
-            raise section.error(
-                "state", "a Redis state needs redis-py: pip install 'relaypolicy[redis]'"
-            )
-        if persist:
-            raise section.error(
-                "persist", "Redis keeps a shared table; persist is for the memory state"
-            )
-    max_entries = None
-    if "max_entries" in section:
-        max_entries = section.integer(
-            "max_entries", 0, low=1, high=2**62, expected="a positive integer"
-        )
-    prefix_text = section.string("key_prefix", "relaypolicy:pop", expected="a key prefix")
-    if not prefix_text or any(c in prefix_text for c in "{}\r\n "):
-        raise section.error("key_prefix", "expected a non-empty prefix without braces")
-    return PopSettings(
-        ttl=section.seconds("ttl", 1800.0, low=1.0, high=7 * 86400.0),
-        max_entries=max_entries,
-        ipv6_prefix=section.integer("ipv6_prefix", 128, low=32, high=128),
-        persist=persist,
-        state="memory" if not shared else state,
-        bind_sender=section.login_map("bind_sender"),
-        max_staleness=section.seconds("max_staleness", 10.0, low=1.0, high=3600.0),
-        key_prefix=prefix_text,
-    )
-
-
-def _auth_settings(section: Section) -> AuthSettings:
-    return AuthSettings(
-        require_tls=section.boolean("require_tls", False),
-        sender_logins=section.login_map("sender_logins"),
-    )
-
-
-def _log_settings(section: Section) -> LogSettings:
-    level = section.string("level", "info", expected="a level name").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise section.error(
-            "level", f"expected debug, info, warning or error, got {level.lower()!r}"
-        )
-    fmt = section.string("format", "text", expected='"text" or "json"', choices=("text", "json"))
-    target = section.string(
-        "target",
-        "stderr",
-        expected='"stderr", "syslog" or "journald"',
-        choices=("stderr", "syslog", "journald"),
-    )
-    facility = section.string(
-        "facility",
-        "mail",
-        expected="a syslog facility (mail, daemon, local0 to local7, ...)",
-        choices=SYSLOG_FACILITIES,
-    )
-    address = section.string("address", "/dev/log", expected="an absolute socket path")
-    if not address.startswith("/"):
-        raise section.error("address", f"expected an absolute socket path, got {address!r}")
-    return LogSettings(level=level, format=fmt, target=target, facility=facility, address=address)
