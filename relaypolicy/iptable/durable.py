@@ -34,6 +34,9 @@ the memory table's own copy of its dicts. Start-up replays ``.journal.old`` firs
 
 The table's readers (``lookup``, ``has_client``, ``client_login``) are the memory table's
 own bound methods: the policy's hot path never touches the journal.
+
+Here: the table, its writers, ``sync`` and the checkpoint. Taking the lock and the
+start-up's replay and first snapshot are in :mod:`relaypolicy.iptable.startup`.
 """
 
 from __future__ import annotations
@@ -48,12 +51,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from relaypolicy._files import (
-    LockedError,
     NotRegularFileError,
     fsync_directory,
-    lock_exclusively,
     read_regular,
-    remove_stale_temps,
     write_atomically,
 )
 from relaypolicy.iptable.base import IpEntry, Login
@@ -64,7 +64,8 @@ from relaypolicy.iptable.journal import (
     replay_journals,
     write_all,
 )
-from relaypolicy.iptable.persist import Row, write_entries
+from relaypolicy.iptable.persist import write_entries
+from relaypolicy.iptable.startup import lock_persist, snapshot_rows, start_journal
 
 if TYPE_CHECKING:
     from relaypolicy.iptable.memory import ExpiringIpTable
@@ -147,23 +148,9 @@ class DurableTable:
         another process holds ``persist`` (see the module docstring).
         """
         persist = os.fspath(persist)
-        journal, old = persist + ".journal", persist + ".journal.old"
-        lock_fd = _lock(persist)
+        lock_fd = lock_persist(persist)
         try:
-            for path in (persist, journal):
-                for name in remove_stale_temps(path):
-                    log.info("removed %s, left by a process killed while writing", name)
-            replayed = replay_journals(table, persist, wall_clock)
-            if replayed:
-                log.info("replayed %d change(s) from the journal of %s", replayed, persist)
-            try:
-                _write_snapshot(table, persist, wall_clock)
-                write_atomically(journal, HEADER_LINE, mode=0o600)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(old)
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                raise OSError(f"{persist}: cannot keep the table's state here: {reason}") from None
+            start_journal(table, persist, wall_clock)
             return cls(
                 table,
                 persist,
@@ -345,7 +332,7 @@ class DurableTable:
             # Copied after the rotation: a change made since is in the new journal and
             # maybe in this snapshot too, which replaying makes no difference to. The
             # writers wait only for the memory table's own copy of its dicts.
-            rows = _rows(self.table, self.wall_clock)
+            rows = snapshot_rows(self.table, self.wall_clock)
             try:
                 write_entries(self.persist, rows, ipv6_prefix=self.table.ipv6_prefix)
             except OSError:
@@ -399,29 +386,3 @@ class DurableTable:
                 if self._lock_fd >= 0:
                     os.close(self._lock_fd)  # releases persist for the next process
                     self._lock_fd = -1
-
-
-def _lock(persist: str) -> int:
-    """Take ``<persist>.lock`` for this process; its descriptor. Raises :class:`OSError`
-    naming the path (and the owner's pid, when it wrote one) when another process has it."""
-    try:
-        return lock_exclusively(persist + ".lock")
-    except LockedError as exc:
-        by = f" (pid {exc.owner})" if exc.owner else ""
-        raise OSError(
-            f"{persist}: in use by another relaypolicy process{by}: give each process its "
-            "own pop_before_smtp.persist, or share the table through Redis (state)"
-        ) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OSError(f"{persist}: cannot keep the table's state here: {reason}") from None
-
-
-def _rows(table: ExpiringIpTable, wall_clock: Callable[[], float]) -> list[Row]:
-    """The live entries with wall-clock expiry times, as the snapshot stores them."""
-    offset = wall_clock() - table.clock()
-    return [(e.address, e.expires_at + offset, e.user) for e in table.entries()]
-
-
-def _write_snapshot(table: ExpiringIpTable, persist: str, wall_clock: Callable[[], float]) -> None:
-    write_entries(persist, _rows(table, wall_clock), ipv6_prefix=table.ipv6_prefix)
