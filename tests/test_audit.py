@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +19,10 @@ from realservers import free_port, require_loopback_address, tail, wait_for_port
 
 from relaypolicy import OpenRelay
 from relaypolicy.cli import main
+from relaypolicy.cli._common import client_tls
+from relaypolicy.errors import AuditError
 from relaypolicy.testing import relay_probes
-from relaypolicy.testing.audit import audit_smtp
+from relaypolicy.testing.audit import SmtpSession, audit_smtp
 from relaypolicy.testing.probes import NMAP_PROBES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,12 +176,45 @@ def test_a_policy_that_falls_for_one_trick_does_not_look_like_a_trusted_client()
         (["--config", "examples/mx.toml", "--source-address", "127.0.0.1"], "goes with --smtp"),
         (["--config", "examples/mx.toml", "--foreign-domain", "example.org"], "local domain"),
         (["--smtp", "h", "--local-domain", "a.test", "--server-port", "25"], "go with --config"),
+        (["--config", "examples/mx.toml", "--tls"], "--starttls, --tls and --insecure go with"),
+        (["--smtp", "h", "--local-domain", "a.test", "--insecure"], "go with --starttls or --tls"),
+        (["--smtp", "h", "--local-domain", "a.test", "--cafile", "ca.pem"], "or --tls"),
     ],
 )
 def test_usage_errors(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
     status, _, err = run(capsys, *args)
     assert status == 64
     assert message in err
+
+
+def test_starttls_and_tls_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "--smtp", "h", "--local-domain", "a.test", "--starttls", "--tls"])
+    assert exited.value.code == 64
+    assert "argument --tls: not allowed with argument --starttls" in capsys.readouterr().err
+
+
+def test_client_tls_options() -> None:
+    """One function reads --starttls, --tls, --cafile and --insecure for audit and compare."""
+
+    def options(**given: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{"starttls": False, "tls": False, "cafile": None,
+                                     "insecure": False, **given})  # fmt: skip
+
+    assert client_tls(options()) == ("none", None)
+    mode, context = client_tls(options(tls=True))
+    assert mode == "implicit" and context is not None
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    mode, context = client_tls(options(starttls=True, insecure=True))
+    assert mode == "starttls" and context is not None
+    assert context.verify_mode is ssl.CERT_NONE and not context.check_hostname
+    with pytest.raises(ValueError, match="--starttls and --tls exclude each other"):
+        client_tls(options(starttls=True, tls=True))
+    with pytest.raises(ValueError, match="--cafile and --insecure go with --starttls or --tls"):
+        client_tls(options(insecure=True))
+    with pytest.raises(ValueError, match="tls: expected one of none, starttls, implicit"):
+        SmtpSession(HOST, 465, source_address=None, helo=None, tls="tls",  # type: ignore[arg-type]
+                    tls_context=None, timeout=1.0)  # fmt: skip
 
 
 def test_a_server_that_is_not_there(capsys: pytest.CaptureFixture[str]) -> None:
@@ -325,6 +362,57 @@ def test_starttls(safe_smtpd: Smtpd, capsys: pytest.CaptureFixture[str]) -> None
     status, _, err = run(capsys, *base, "--starttls")
     assert status == 69
     assert "certificate verify failed" in err
+
+
+class RefuseRelay:
+    """An aiosmtpd handler that refuses every recipient (the battery has no local one)."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        return f"554 5.7.1 <{address}>: Relay access denied"
+
+
+@pytest.fixture(scope="module")
+def implicit_tls_server(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """An aiosmtpd that speaks TLS from the first byte (RFC 8314 section 3), like a
+    ``submissions`` port on 465; its port."""
+    controller_module = pytest.importorskip("aiosmtpd.controller")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(context)
+    controller = controller_module.Controller(
+        RefuseRelay(), hostname=HOST, port=free_port(), ssl_context=context
+    )
+    controller.start()
+    yield int(controller.port)
+    controller.stop()
+
+
+def test_implicit_tls(implicit_tls_server: int, ca: Any) -> None:
+    """``tls="implicit"`` connects with TLS first: every probe is asked, over TLS."""
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    probes = relay_probes("example.org")
+    results = audit_smtp(HOST, implicit_tls_server, probes, tls="implicit", tls_context=client)
+    assert len(results) == len(probes)
+    assert not any(result.accepted for result in results)
+    refused = [r for r in results if r.stage == "RCPT" and r.code == 554]
+    assert len(refused) > len(probes) // 2
+    # Certificates are verified: without the CA the handshake fails, the audit cannot run.
+    with pytest.raises(AuditError, match="certificate verify failed"):
+        audit_smtp(HOST, implicit_tls_server, probes[:1], tls="implicit")
+
+
+def test_implicit_tls_against_a_plain_server(
+    safe_smtpd: Smtpd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--tls`` on a port that greets in plain text fails cleanly (exit 69), sends nothing."""
+    status, out, err = run(
+        capsys, "--smtp", safe_smtpd.target, "--local-domain", "example.org", "--tls", "--insecure"
+    )
+    assert status == 69
+    assert out == ""
+    assert f"{safe_smtpd.target}: cannot connect" in err
 
 
 def test_the_library_call_stops_at_rcpt(open_smtpd: Smtpd) -> None:

@@ -8,9 +8,11 @@ local recipient table switched off, none of which is a relay decision). Then:
 1. ``relaypolicy postfix import --config-directory`` on that instance's directory (the real
    ``postconf`` expands the defaults, ``$names`` and ``mynetworks_style``);
 2. ``relaypolicy postfix compare`` against it, from 127.0.0.10 and from the trusted
-   127.0.0.1, on port 25 and on the submission port (STARTTLS; unauthenticated and logged
-   in through Dovecot SASL): no looser answer, and every stricter one listed, by the name
-   of its question, in ``docs/postfix-differences.md``;
+   127.0.0.1, on port 25 and on the submission ports (587 with STARTTLS; 465 with implicit
+   TLS, ``smtpd_tls_wrappermode = yes``, in ``submission-sasl``; unauthenticated and
+   logged in through Dovecot SASL): no looser answer, and every stricter one listed, by
+   the name of its question, in ``docs/postfix-differences.md``; ``relaypolicy audit
+   --smtp`` finds no open relay on the implicit-TLS port;
 3. ``relaypolicy serve`` with the imported file, and the same Postfix with
    ``check_policy_service`` as its only relay gate: compare again -- still no looser answer,
    and nothing stricter that was not stricter before.
@@ -40,7 +42,7 @@ from serve_process import start_service
 from relaypolicy.cli import main
 from relaypolicy.config import load_config
 from relaypolicy.model import Decision, Verdict
-from relaypolicy.testing.audit import AuditResult
+from relaypolicy.testing.audit import AuditResult, TlsMode
 from relaypolicy.testing.compare import Login, Row, classify, compare, recipient_corpus
 from relaypolicy.testing.probes import Probe
 
@@ -51,6 +53,7 @@ OUTSIDER = "127.0.0.10"
 TRUSTED = "127.0.0.1"
 USER, PASSWORD = "taro", "secret"
 LISTS = ("client", "helo", "sender", "relay", "recipient")
+IMPLICIT_TLS = ("submissions", "smtps")  # master.cf services with smtpd_tls_wrappermode
 
 trustme = pytest.importorskip("trustme")  # the submission port's certificate
 
@@ -215,8 +218,8 @@ def run_import(directory: Path, *extra: str) -> subprocess.CompletedProcess[str]
 def ask_everything(
     config_path: Path, instance: FixtureInstance, cafile: Path, *, sasl: bool
 ) -> list[Row]:
-    """Every question, from both clients on port 25, and on the submission port over
-    STARTTLS both without and with a login."""
+    """Every question, from both clients on port 25, and on the submission ports (over
+    STARTTLS, or implicit TLS for ``submissions``) both without and with a login."""
     config = load_config(config_path)
     rows: list[Row] = []
     for service, port in instance.ports.items():
@@ -224,10 +227,11 @@ def ask_everything(
             rows += compare(config, instance.host, port, [OUTSIDER, TRUSTED])
             continue
         context = ssl.create_default_context(cafile=str(cafile))
-        rows += compare(config, instance.host, port, [OUTSIDER, TRUSTED], starttls=True,
+        tls: TlsMode = "implicit" if service in IMPLICIT_TLS else "starttls"
+        rows += compare(config, instance.host, port, [OUTSIDER, TRUSTED], tls=tls,
                         tls_context=context)  # fmt: skip
         if sasl:
-            rows += compare(config, instance.host, port, [OUTSIDER], starttls=True,
+            rows += compare(config, instance.host, port, [OUTSIDER], tls=tls,
                             tls_context=context, login=Login(USER, PASSWORD),
                             extra=OWNED)  # fmt: skip
     return rows
@@ -301,6 +305,8 @@ def test_import_compare_serve_compare(
         missing = sorted(key for key in stricter if f"`{key}`" not in documented)
         details = report([r for r in direct if doc_key(r) in missing], "stricter")
         assert not missing, f"stricter, not in {DOC.name}: {missing}\n{details}"
+        if sasl:  # the implicit-TLS port through the commands: compare, then audit
+            check_implicit_tls_commands(instance, imported, cafile, tmp_path, capsys)
         ports = {service: port for service, port in instance.ports.items() if service != "smtp"}
     # 3. the same Postfix (its submission port unchanged: the file's chain.ports name it),
     # relaypolicy serve as its only relay gate.
@@ -327,14 +333,47 @@ def test_import_compare_serve_compare(
         if r.kind == "stricter" and (r.client, r.probe.name, r.postfix.code // 100) not in before
     ]
     assert not new, "\n".join(f"{r.client} {r.probe.name}" for r in new)
-    if sasl:  # the submission port: sender ownership, the same through the policy service
+    if sasl:  # the submission ports: sender ownership, the same through the policy service
+        submission_ports = len(instance.ports) - 1  # 587 (STARTTLS) and 465 (implicit TLS)
+        assert submission_ports == 2, instance.ports
         for rows in (direct, via_policy):
-            answers = {r.probe.name: (r.postfix.code, r.kind) for r in rows if r.probe in OWNED}
+            answers: dict[str, list[tuple[int, str]]] = {}
+            for r in rows:
+                if r.probe in OWNED:
+                    answers.setdefault(r.probe.name, []).append((r.postfix.code, r.kind))
             assert answers == {
-                "owned-sender": (250, "same"),
-                "shared-sender": (250, "same"),
-                "other-sender": (553, "same"),
+                "owned-sender": [(250, "same")] * submission_ports,
+                "shared-sender": [(250, "same")] * submission_ports,
+                "other-sender": [(553, "same")] * submission_ports,
             }
+
+
+def check_implicit_tls_commands(
+    instance: FixtureInstance,
+    imported: Path,
+    cafile: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``postfix compare --tls`` on the ``submissions`` port (``smtpd_tls_wrappermode``),
+    unauthenticated and logged in: nowhere looser; ``audit --smtp --tls``: no open relay."""
+    implicit = f"{instance.host}:{instance.ports['submissions']}"
+    password_file = tmp_path / "password"
+    password_file.write_text(f"{PASSWORD}\n", encoding="utf-8")
+    for login in ([], ["--login", USER, "--password-file", str(password_file)]):
+        capsys.readouterr()
+        status = main(["postfix", "compare", "--config", str(imported), "--smtp", implicit,
+                       "--source-address", OUTSIDER, "--tls", "--cafile", str(cafile),
+                       *login, "--json"])  # fmt: skip
+        answer = json.loads(capsys.readouterr().out)
+        assert (status, answer["looser"]) == (0, 0), answer["summary"]
+        assert answer["asked"] > 0
+    status = main(["audit", "--smtp", implicit, "--tls", "--insecure", "--local-domain",
+                   "example.org", "--source-address", OUTSIDER])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0, "\n".join(lines)
+    assert lines[0] == f"relay audit of SMTP server {implicit} over implicit TLS, from {OUTSIDER}"
+    assert lines[-1].startswith("not an open relay: 0/"), lines[-1]
 
 
 # --- the comparison's parts, without servers --------------------------------------------
@@ -413,6 +452,12 @@ def test_command_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main([*base, "--smtp", "127.0.0.1:25", "--login", "taro"]) == 64
     assert main([*base, "--smtp", "nonsense"]) == 64
     assert main([*base, "--smtp", "127.0.0.1:25", "--cafile", "x.pem"]) == 64
+    assert main([*base, "--smtp", "127.0.0.1:465", "--insecure"]) == 64
+    assert "--cafile and --insecure go with --starttls or --tls" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main([*base, "--smtp", "127.0.0.1:465", "--tls", "--starttls"])
+    assert exited.value.code == 64
+    assert "argument --starttls: not allowed with argument --tls" in capsys.readouterr().err
     missing = ["postfix", "compare", "--config", str(tmp_path / "none.toml")]
     assert main([*missing, "--smtp", "127.0.0.1:25", "--source-address", OUTSIDER]) == 66
     permit_only = tmp_path / "next.toml"

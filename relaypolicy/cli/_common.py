@@ -23,11 +23,14 @@ import os
 import ssl
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from relaypolicy.config import Config
 from relaypolicy.daemon.logging import configure_logging
 from relaypolicy.listeners import Listener
+
+if TYPE_CHECKING:
+    from relaypolicy.testing.audit import TlsMode
 
 __all__ = [
     "EX_CONFIG",
@@ -38,10 +41,10 @@ __all__ = [
     "Parser",
     "add_service_arguments",
     "cannot_listen",
+    "client_tls",
     "error",
     "file_status",
     "run_service",
-    "starttls_context",
 ]
 
 EX_USAGE = 64  # a command line that cannot be understood
@@ -156,16 +159,22 @@ def run_service(
     return asyncio.run(serve())
 
 
-def starttls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The client TLS context of ``--starttls``, ``--cafile`` and ``--insecure`` (``audit``,
-    ``postfix compare``); ``None`` without ``--starttls``. :class:`ValueError` for
-    ``--cafile``/``--insecure`` alone."""
-    if not args.starttls:
+def client_tls(args: argparse.Namespace) -> tuple[TlsMode, ssl.SSLContext | None]:
+    """The client TLS of ``--starttls`` or ``--tls`` (implicit TLS, RFC 8314 section 3),
+    with ``--cafile`` and ``--insecure`` (``audit --smtp``, ``postfix compare``): the mode
+    and its context, ``("none", None)`` without either. :class:`ValueError` for both modes
+    at once, or ``--cafile``/``--insecure`` without a mode."""
+    if args.starttls and args.tls:
+        raise ValueError(
+            "--starttls and --tls exclude each other: STARTTLS upgrades a "
+            "plain session, --tls speaks TLS from the start (port 465)"
+        )
+    if not args.starttls and not args.tls:
         if args.cafile or args.insecure:
-            raise ValueError("--cafile and --insecure go with --starttls")
-        return None
+            raise ValueError("--cafile and --insecure go with --starttls or --tls")
+        return "none", None
     context = ssl.create_default_context(cafile=args.cafile)
     if args.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return context
+    return ("implicit" if args.tls else "starttls"), context

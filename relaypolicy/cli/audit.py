@@ -14,7 +14,7 @@ import json
 import socket
 from typing import Any
 
-from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, error, file_status, starttls_context
+from relaypolicy.cli._common import EX_UNAVAILABLE, EX_USAGE, client_tls, error, file_status
 from relaypolicy.config import Config, ConfigError, load_config
 from relaypolicy.networks import NetworkSet
 from relaypolicy.testing.audit import (
@@ -39,14 +39,16 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="check that a policy or a live server is not an open relay",
         description="Run the relay-abuse battery (nmap's 16 probes, routing tricks, "
         "address literals, look-alike domains, the null sender...) against the policy of a "
-        "configuration, in process, or over SMTP against a live server: EHLO, optional "
-        "STARTTLS, then per probe RSET, MAIL FROM, RCPT TO; never DATA. Prints every probe "
+        "configuration, in process, or over SMTP against a live server: EHLO (after the "
+        "TLS handshake with --tls, for an implicit-TLS port such as 465), optional STARTTLS, "
+        "then per probe RSET, MAIL FROM, RCPT TO; never DATA. Prints every probe "
         "with its reply and a summary. Exit status 0 when no probe was accepted, 1 when one "
         "was, 64 for a usage error, 66 for a --config that cannot be read, 69 when the "
         "server cannot be audited, 78 for a --config that cannot be used. Audit only servers "
         "you run.",
         epilog="examples: relaypolicy audit --config examples/mx.toml; relaypolicy audit "
-        "--smtp mx.example.org --local-domain example.org --source-address 198.51.100.7",
+        "--smtp mx.example.org --local-domain example.org --source-address 198.51.100.7; "
+        "relaypolicy audit --smtp mx.example.org:465 --tls --local-domain example.org",
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--config", metavar="FILE", help="audit this configuration's policy")
@@ -102,8 +104,18 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="connect from this local address, e.g. one the server does not trust",
     )
     live.add_argument("--helo", metavar="NAME", help="the EHLO name (default: this host's)")
-    live.add_argument("--starttls", action="store_true", help="upgrade with STARTTLS first")
-    live.add_argument("--cafile", metavar="FILE", help="verify the certificate with this CA")
+    encryption = live.add_mutually_exclusive_group()
+    encryption.add_argument(
+        "--starttls", action="store_true", help="upgrade with STARTTLS first (port 25, 587)"
+    )
+    encryption.add_argument(
+        "--tls",
+        action="store_true",
+        help="implicit TLS: the TLS handshake before the greeting (port 465, submissions)",
+    )
+    live.add_argument(
+        "--cafile", metavar="FILE", help="verify the certificate with this CA (--starttls, --tls)"
+    )
     live.add_argument(
         "--insecure", action="store_true", help="do not verify the server's certificate"
     )
@@ -174,8 +186,8 @@ def _audit_config(args: argparse.Namespace) -> tuple[str, list[Any], str]:
     for flag in ("source_address", "helo", "cafile"):
         if getattr(args, flag):
             raise ValueError(f"--{flag.replace('_', '-')} goes with --smtp")
-    if args.starttls or args.insecure:
-        raise ValueError("--starttls and --insecure go with --smtp")
+    if args.starttls or args.tls or args.insecure:
+        raise ValueError("--starttls, --tls and --insecure go with --smtp")
     config = load_config(args.config)
     local = args.local_domain or list(config.local_domains)
     relays = args.relay_domain or list(config.relay_domains)
@@ -212,6 +224,7 @@ def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any], str]:
     if not args.local_domain:
         raise ValueError("--smtp needs --local-domain (a domain the server delivers for)")
     host, port = _host_port(args.smtp)
+    tls, context = client_tls(args)
     probes = probe_battery(
         args.local_domain,
         relay_domains=args.relay_domain,
@@ -224,14 +237,14 @@ def _audit_smtp(args: argparse.Namespace) -> tuple[str, list[Any], str]:
         probes,
         source_address=args.source_address,
         helo=args.helo,
-        starttls=args.starttls,
-        tls_context=starttls_context(args),
+        tls=tls,
+        tls_context=context,
         timeout=args.timeout,
     )
     source = f", from {args.source_address}" if args.source_address else ""
-    tls = " with STARTTLS" if args.starttls else ""
+    how = {"none": "", "starttls": " with STARTTLS", "implicit": " over implicit TLS"}[tls]
     hint = _smtp_hint(results, args.source_address)
-    return f"SMTP server {host}:{port}{tls}{source}", results, hint
+    return f"SMTP server {host}:{port}{how}{source}", results, hint
 
 
 def run(args: argparse.Namespace) -> int:

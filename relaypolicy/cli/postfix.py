@@ -25,9 +25,9 @@ from relaypolicy.cli._common import (
     EX_NOINPUT,
     EX_UNAVAILABLE,
     EX_USAGE,
+    client_tls,
     error,
     file_status,
-    starttls_context,
 )
 from relaypolicy.config import ConfigError, load_config
 from relaypolicy.postfix.importer import translate
@@ -93,8 +93,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "Exit status 0 when relaypolicy is nowhere looser, 1 when it is, 64 for a usage "
         "error, 66 for a --config that cannot be read, 69 when the server cannot be asked, "
         "78 for a --config that cannot be used. Ask only servers you run.",
-        epilog="example: relaypolicy postfix compare --config relaypolicy.toml --smtp "
-        "127.0.0.1:25 --source-address 127.0.0.10 --trusted-source 127.0.0.1",
+        epilog="examples: relaypolicy postfix compare --config relaypolicy.toml --smtp "
+        "127.0.0.1:25 --source-address 127.0.0.10 --trusted-source 127.0.0.1; relaypolicy "
+        "postfix compare --config relaypolicy.toml --smtp 127.0.0.1:465 --tls --source-address "
+        "127.0.0.10",
     )
     cmp.add_argument("--config", required=True, metavar="FILE", help="the configuration")
     cmp.add_argument("--smtp", required=True, metavar="HOST:PORT", help="the live Postfix")
@@ -116,8 +118,19 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="the server port relaypolicy is told (default: the --smtp port)",
     )
     cmp.add_argument("--helo", default="client.relaypolicy.test", metavar="NAME")
-    cmp.add_argument("--starttls", action="store_true", help="upgrade with STARTTLS first")
-    cmp.add_argument("--cafile", metavar="FILE", help="verify the certificate with this CA")
+    encryption = cmp.add_mutually_exclusive_group()
+    encryption.add_argument(
+        "--starttls", action="store_true", help="upgrade with STARTTLS first (port 587)"
+    )
+    encryption.add_argument(
+        "--tls",
+        action="store_true",
+        help="implicit TLS: the TLS handshake before the greeting (port 465, submissions); "
+        "relaypolicy is asked with the session encrypted, as with --starttls",
+    )
+    cmp.add_argument(
+        "--cafile", metavar="FILE", help="verify the certificate with this CA (--starttls, --tls)"
+    )
     cmp.add_argument(
         "--insecure", action="store_true", help="do not verify the server's certificate"
     )
@@ -217,7 +230,7 @@ def _compare(args: argparse.Namespace) -> int:
             return error("postfix compare", f"--password-file: {exc}", EX_NOINPUT)
         login = Login(args.login, password)
     try:
-        context = starttls_context(args)
+        tls, context = client_tls(args)
         rows = compare(
             config,
             host,
@@ -225,7 +238,7 @@ def _compare(args: argparse.Namespace) -> int:
             clients,
             server_port=args.server_port or port,
             helo=args.helo,
-            starttls=args.starttls,
+            tls=tls,
             tls_context=context,
             login=login,
             timeout=args.timeout,

@@ -5,7 +5,8 @@ Theory of operation
 In process (:func:`audit_policy`), each probe becomes a :class:`~relaypolicy.Request` from
 an untrusted client and the policy's decision is the result. Over SMTP
 (:func:`audit_smtp`), one session asks every probe: ``EHLO`` (``STARTTLS`` and ``EHLO``
-again when asked), then per probe ``RSET``, ``MAIL FROM``, ``RCPT TO``, and the reply to
+again when asked; or, on an implicit-TLS port such as 465, the TLS handshake before the
+greeting, RFC 8314 section 3), then per probe ``RSET``, ``MAIL FROM``, ``RCPT TO``, and the reply to
 ``RCPT`` is the result. ``DATA`` is never sent, so no message can leave, whatever the
 server answers; the session ends with ``QUIT``. A server that hangs up (``421``, or after
 too many errors) is reconnected. A probe whose ``MAIL FROM`` is refused is refused; one
@@ -28,7 +29,7 @@ import contextlib
 import smtplib
 import ssl
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from relaypolicy.errors import AuditError
 from relaypolicy.model import Decision, Verdict
@@ -38,9 +39,11 @@ from relaypolicy.testing.probes import Probe
 from relaypolicy.testing.report import JUnitCase, format_table
 
 __all__ = [
+    "TLS_MODES",
     "AuditError",
     "AuditResult",
     "SmtpSession",
+    "TlsMode",
     "audit_policy",
     "audit_smtp",
     "audit_table",
@@ -50,6 +53,12 @@ __all__ = [
 ]
 
 MAX_RECONNECTS = 3
+
+TlsMode = Literal["none", "starttls", "implicit"]
+"""How a session is encrypted: not at all, upgraded with ``STARTTLS`` after ``EHLO``
+(RFC 3207), or from the first byte (implicit TLS, RFC 8314 section 3: ``submissions``,
+port 465, Postfix's ``smtpd_tls_wrappermode = yes``)."""
+TLS_MODES: tuple[TlsMode, ...] = ("none", "starttls", "implicit")
 
 # nmap's first four probes: ``relaytest@FOREIGN`` with no routing trick at all. A server
 # accepts them only when it relays for this client unconditionally.
@@ -130,7 +139,12 @@ def _reply(code: int, text: bytes | str) -> str:
 
 
 class SmtpSession:
-    """One SMTP client session that asks probes; reconnects when the server hangs up."""
+    """One SMTP client session that asks probes; reconnects when the server hangs up.
+
+    ``tls`` is the :data:`TlsMode`: ``implicit`` connects with :class:`smtplib.SMTP_SSL`
+    (the handshake before the greeting), ``starttls`` upgrades after ``EHLO``; both verify
+    the certificate with ``tls_context`` (default: the system's trust store).
+    """
 
     def __init__(
         self,
@@ -139,15 +153,17 @@ class SmtpSession:
         *,
         source_address: str | None,
         helo: str | None,
-        starttls: bool,
+        tls: TlsMode,
         tls_context: ssl.SSLContext | None,
         timeout: float,
     ) -> None:
+        if tls not in TLS_MODES:
+            raise ValueError(f"tls: expected one of {', '.join(TLS_MODES)}, got {tls!r}")
         self.host = host
         self.port = port
         self.source_address = source_address
         self.helo = helo
-        self.starttls = starttls
+        self.tls = tls
         self.tls_context = tls_context
         self.timeout = timeout
         self.smtp: smtplib.SMTP | None = None
@@ -156,13 +172,23 @@ class SmtpSession:
         where = f"{self.host}:{self.port}"
         source = (self.source_address, 0) if self.source_address else None
         try:
-            smtp = smtplib.SMTP(
-                self.host,
-                self.port,
-                local_hostname=self.helo,
-                timeout=self.timeout,
-                source_address=source,
-            )
+            if self.tls == "implicit":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host,
+                    self.port,
+                    local_hostname=self.helo,
+                    timeout=self.timeout,
+                    source_address=source,
+                    context=self.tls_context or ssl.create_default_context(),
+                )
+            else:
+                smtp = smtplib.SMTP(
+                    self.host,
+                    self.port,
+                    local_hostname=self.helo,
+                    timeout=self.timeout,
+                    source_address=source,
+                )
         except smtplib.SMTPConnectError as exc:
             raise AuditError(
                 f"{where}: refused the connection: {_reply(exc.smtp_code, exc.smtp_error)}"
@@ -173,7 +199,7 @@ class SmtpSession:
             code, text = smtp.ehlo()
             if code != 250:
                 raise AuditError(f"{where}: EHLO refused: {_reply(code, text)}")
-            if self.starttls:
+            if self.tls == "starttls":
                 if not smtp.has_extn("starttls"):
                     raise AuditError(f"{where}: STARTTLS is not offered")
                 context = self.tls_context or ssl.create_default_context()
@@ -239,7 +265,7 @@ def audit_smtp(
     *,
     source_address: str | None = None,
     helo: str | None = None,
-    starttls: bool = False,
+    tls: TlsMode = "none",
     tls_context: ssl.SSLContext | None = None,
     timeout: float = 30.0,
 ) -> list[AuditResult]:
@@ -247,8 +273,9 @@ def audit_smtp(
 
     ``source_address`` is the local address to connect from (audit as an outsider from a
     server that trusts some networks); ``helo`` the EHLO name (default: this machine's
-    name); ``starttls`` upgrades the session first, verifying the certificate with
-    ``tls_context`` (default: the system's trust store). Raises :class:`AuditError` when
+    name); ``tls="starttls"`` upgrades the session first, ``tls="implicit"`` speaks TLS
+    from the start (port 465), verifying the certificate with ``tls_context`` (default:
+    the system's trust store). Raises :class:`AuditError` when
     the audit cannot run.
     """
     session = SmtpSession(
@@ -256,7 +283,7 @@ def audit_smtp(
         port,
         source_address=source_address,
         helo=helo,
-        starttls=starttls,
+        tls=tls,
         tls_context=tls_context,
         timeout=timeout,
     )

@@ -9,7 +9,9 @@ is ours, the server's address literal, internationalised names and syntax that a
 parser repairs. Each is sent to Postfix over SMTP from every client address given, exactly
 as ``relaypolicy audit --smtp`` does (``MAIL FROM``, ``RCPT TO``, never ``DATA``), and
 asked of the configuration's policy in process with the same facts: client address, EHLO
-name, sender, recipient and server port.
+name, sender, recipient, server port, TLS and login. On a TLS port (``STARTTLS`` on 587,
+implicit TLS on 465) the requests say the session is encrypted (``encryption_protocol``),
+as Postfix's own ``smtpd`` knows it is.
 
 Each pair of answers is one :class:`Row`, of a ``kind``:
 
@@ -41,7 +43,13 @@ from relaypolicy.domains import DomainError, normalize_domain
 from relaypolicy.errors import AuditError
 from relaypolicy.model import Decision, Verdict
 from relaypolicy.settings import parse_host_port
-from relaypolicy.testing.audit import AuditResult, SmtpSession, audit_policy, audit_smtp
+from relaypolicy.testing.audit import (
+    AuditResult,
+    SmtpSession,
+    TlsMode,
+    audit_policy,
+    audit_smtp,
+)
 from relaypolicy.testing.probes import Probe, probe_battery
 from relaypolicy.testing.report import format_table
 
@@ -201,14 +209,14 @@ def classify(postfix: AuditResult, decision: Decision) -> str:
 
 
 class Login(NamedTuple):
-    """SMTP AUTH credentials for the session (``AUTH PLAIN``, after STARTTLS if asked)."""
+    """SMTP AUTH credentials for the session (``AUTH PLAIN``, after TLS if asked)."""
 
     user: str
     password: str
 
 
 class _LoginSession(SmtpSession):
-    """An audit session that logs in after EHLO (and STARTTLS), so the questions are
+    """An audit session that logs in after EHLO (and TLS), so the questions are
     asked as an authenticated client; the in-process requests carry the same login."""
 
     login: Login
@@ -230,7 +238,7 @@ def _ask_smtp(
     *,
     client: str,
     helo: str,
-    starttls: bool,
+    tls: TlsMode,
     tls_context: ssl.SSLContext | None,
     login: Login | None,
     timeout: float,
@@ -242,7 +250,7 @@ def _ask_smtp(
             probes,
             source_address=client,
             helo=helo,
-            starttls=starttls,
+            tls=tls,
             tls_context=tls_context,
             timeout=timeout,
         )
@@ -251,7 +259,7 @@ def _ask_smtp(
         port,
         source_address=client,
         helo=helo,
-        starttls=starttls,
+        tls=tls,
         tls_context=tls_context,
         timeout=timeout,
     )
@@ -272,7 +280,7 @@ def compare(
     server_port: int | None = None,
     server_ip: str | None = None,
     helo: str = "client.relaypolicy.test",
-    starttls: bool = False,
+    tls: TlsMode = "none",
     tls_context: ssl.SSLContext | None = None,
     login: Login | None = None,
     extra: Sequence[Probe] = (),
@@ -282,7 +290,8 @@ def compare(
 
     ``server_port`` is the port relaypolicy is told (default ``port``); ``server_ip`` the
     server's address for the literal probes (default ``host``, which must then be an IP
-    address). With ``starttls`` the session is encrypted first and the requests say so
+    address). With ``tls`` (``"starttls"``: upgraded after ``EHLO``; ``"implicit"``: TLS
+    from the first byte, port 465) the session is encrypted and the requests say so
     (``encryption_protocol``); with ``login`` it authenticates and the requests carry the
     login (``sasl_username``). Raises :class:`~relaypolicy.errors.AuditError` when Postfix
     cannot be asked. ``extra`` questions are asked after the battery and the corpus.
@@ -311,7 +320,7 @@ def compare(
             probes,
             client=client,
             helo=helo,
-            starttls=starttls,
+            tls=tls,
             tls_context=tls_context,
             login=login,
             timeout=timeout,
@@ -322,7 +331,7 @@ def compare(
             client_address=client,
             server_port=server_port or port,
             helo_name=helo,
-            encryption_protocol="TLS" if starttls else "",
+            encryption_protocol="" if tls == "none" else "TLS",
             sasl_method="PLAIN" if login else "",
             sasl_username=login.user if login else "",
         )
