@@ -230,6 +230,28 @@ def test_tls_auth_only_means_require_tls() -> None:
     assert result.data["smtp_auth"]["require_tls"] is True
 
 
+def test_an_implicit_tls_port_keeps_require_tls_without_tls_auth_only() -> None:
+    """Debian's submissions (465) template has no smtpd_tls_auth_only: its port is TLS from
+    the first byte. It must not turn require_tls off for 587, where AUTH needs STARTTLS."""
+    result = imported(
+        "submission inet n - y - - smtpd -o smtpd_sasl_auth_enable=yes -o smtpd_tls_auth_only=yes "
+        "-o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
+        "submissions inet n - y - - smtpd -o smtpd_tls_wrappermode=yes "
+        "-o smtpd_sasl_auth_enable=yes "
+        "-o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
+    )
+    assert result.data["smtp_auth"]["require_tls"] is True
+    # A port without TLS that offers AUTH in the clear still turns it off (never wider).
+    clear = imported(
+        "submission inet n - y - - smtpd -o smtpd_sasl_auth_enable=yes "
+        "-o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
+        "submissions inet n - y - - smtpd -o smtpd_tls_wrappermode=yes "
+        "-o smtpd_sasl_auth_enable=yes "
+        "-o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
+    )
+    assert "require_tls" not in clear.data.get("smtp_auth", {})
+
+
 class Refused(NamedTuple):
     name: str
     text: str

@@ -64,6 +64,7 @@ DEFAULTS = {
     "smtpd_restriction_classes": "",
     "smtpd_sasl_auth_enable": "no",
     "smtpd_tls_auth_only": "no",
+    "smtpd_tls_wrappermode": "no",
     "smtpd_sender_login_maps": "",
     "relay_clientcerts": "",
     "smtpd_tls_fingerprint_digest": "sha256",
@@ -97,6 +98,7 @@ _RELEVANT = (
     "relay_clientcerts",
     "smtpd_restriction_classes",
     "smtpd_tls_auth_only",
+    "smtpd_tls_wrappermode",
 )
 _NOBODY = "@sender-login-maps-not-translated.invalid"  # RFC 2606: matches no sender
 _PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465}
@@ -146,6 +148,11 @@ def _effective(importer: _Importer, service: Service) -> dict[str, str]:
     params = dict(importer.params)
     params.update(service.overrides)
     return params
+
+
+def _yes(importer: _Importer, service: Service, name: str) -> bool:
+    """Whether the boolean parameter ``name`` is on for ``service``."""
+    return importer.value(name, _effective(importer, service)).lower() == "yes"
 
 
 def _array(name: str, values: list[tuple[str, str]]) -> list[str]:
@@ -235,11 +242,14 @@ def translate(
             importer.value("mydestination") or "(empty)",
             "no local or relay domain: reject_unauth_destination refuses all",
         )
+    # AUTH only inside TLS on every service that offers it: smtpd_tls_auth_only, or a
+    # port that is TLS from its first byte (smtpd_tls_wrappermode, 465), which needs no
+    # smtpd_tls_auth_only (Debian's submissions template has none) and must not turn the
+    # requirement off for the other ports.
     auth_only = [
-        importer.value("smtpd_tls_auth_only", _effective(importer, s)).lower() == "yes"
+        _yes(importer, s, "smtpd_tls_auth_only") or _yes(importer, s, "smtpd_tls_wrappermode")
         for s in postconf.services
-        if s.command == "smtpd"
-        and importer.value("smtpd_sasl_auth_enable", _effective(importer, s)).lower() == "yes"
+        if s.command == "smtpd" and _yes(importer, s, "smtpd_sasl_auth_enable")
     ]
     lines = ["", "[domains]", *_array("local", local), *_array("relay", relay)]
     if "trusted_networks" in used:
