@@ -400,3 +400,17 @@ def test_fuzz_a_broken_request_line_never_becomes_a_query(junk: bytes) -> None:
     if not valid:
         assert queries(events) == []
     assert b"proceed" not in writes(events)
+
+
+@pytest.mark.parametrize(
+    "junk", [b"\r\x01", b"a\rb@local.test", b"user@local.test\x1b[2J", b"\x7f"]
+)
+def test_a_control_character_in_a_request_is_refused_not_decided(junk: bytes) -> None:
+    """Found by the fuzz test above: a CR inside a line (not its CRLF end) went through as
+    part of the recipient. smtpd's lines carry no control characters; one is damage."""
+    codec = ready()
+    codec.receive_data(SESSION_68.encode().rsplit(b"filter", 1)[0])
+    line = f"filter|0.6|1.0|smtp-in|rcpt-to|{SESSION}|{TOKEN}|".encode() + junk
+    events = codec.receive_data(line + b"\n")
+    assert queries(events) == []
+    assert writes(events).startswith(f"filter-result|{SESSION}|{TOKEN}|reject|451 ".encode())

@@ -38,7 +38,14 @@ def test_what_the_filter_cannot_decide_is_a_4xx() -> None:
         first = Client(instance, TRUSTED)
         second = Client(instance, UNTRUSTED)
         try:
-            assert first.ask("user@foreign.example").code == 250  # trusted: relays
+            relayed = first.ask("user@foreign.example")
+            if str(relayed) == "451 4.3.5 Cannot determine the client address":
+                # With room for one session, a report smtpd sent late about an earlier
+                # connection (the harness's port probe) can take the room first: that too
+                # is a forgotten session answered 451. Start the first session again.
+                first.close()
+                relayed = first.ask("user@foreign.example")
+            assert relayed.code == 250, instance.log_tail()  # trusted: relays
             assert second.ask("user@local.test").code == 250
             reply = first.ask("user@foreign.example")
             assert str(reply) == "451 4.3.5 Cannot determine the client address", (

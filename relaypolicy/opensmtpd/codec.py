@@ -56,6 +56,7 @@ to identify the request); ``smtpd`` itself caps an SMTP command at ``SMTP_LINE_M
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from relaypolicy.errors import ProtocolError
@@ -87,6 +88,7 @@ VERSIONS = ("0.6", "0.7")
 _MAX_REPLY_TEXT = 512
 # What we keep of an over-long line: enough for the prefix up to the token.
 _HEAD = 256
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # C0 controls but TAB, and DEL
 
 # The report events relaypolicy follows (smtpd-filters(7) "REPORT EVENTS").
 REPORT_EVENTS = (
@@ -246,8 +248,10 @@ class FilterCodec:
             )
             return
         fields = line.split("|")
-        if "\x00" in line:
-            self._malformed(fields, "NUL in line: " + _preview(raw), events)
+        if _CONTROL.search(line) is not None:
+            # smtpd's lines carry none (a CR is only ever the end of a CRLF line): one here
+            # is damage or a smuggled field, never a recipient to decide on.
+            self._malformed(fields, "control character in line: " + _preview(raw), events)
             return
         kind = fields[0]
         try:
