@@ -73,27 +73,35 @@ class DecisionStats:
       ``decision-seconds-count`` and ``decision-seconds-sum``.
     """
 
-    __slots__ = ("buckets", "counters", "seconds")
+    __slots__ = ("buckets", "decisions", "policy_errors", "seconds")
 
     def __init__(self) -> None:
-        self.counters: Counter[str] = Counter()
+        # (verdict, policy, reason) -> decisions: the by-verdict and by-reason counts are
+        # sums of these, made when the stats are read, not on every decision.
+        self.decisions: Counter[tuple[str, str, str]] = Counter()
+        self.policy_errors = 0
         # One count per bound of LATENCY_BUCKETS, then one for longer ones (+Inf).
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.seconds = 0.0
 
     def observe(self, decision: Decision, seconds: float) -> None:
         """Count one decision that took ``seconds``."""
-        counters = self.counters
-        verdict = decision.verdict.value
-        counters[f"verdict:{verdict}"] += 1
-        counters[f"reason:{decision.reason}"] += 1
-        counters[f"decision:{verdict}:{decision.policy}:{decision.reason}"] += 1
+        self.decisions[(decision.verdict.value, decision.policy, decision.reason)] += 1
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.seconds += seconds
 
     def as_stats(self) -> dict[str, float]:
         """The counters and the histogram, as ``stats`` keys (see the class)."""
-        stats: dict[str, float] = dict(self.counters)
+        by_verdict: Counter[str] = Counter()
+        by_reason: Counter[str] = Counter()
+        together: dict[str, float] = {}
+        for (verdict, policy, reason), count in self.decisions.items():
+            by_verdict[f"verdict:{verdict}"] += count
+            by_reason[f"reason:{reason}"] += count
+            together[f"decision:{verdict}:{policy}:{reason}"] = count
+        stats: dict[str, float] = {**by_verdict, **by_reason, **together}
+        if self.policy_errors:
+            stats["policy-errors"] = self.policy_errors
         total = 0
         for bound, count in zip(LATENCY_BUCKETS, self.buckets, strict=False):
             total += count
@@ -156,7 +164,7 @@ class Decider:
         except Exception:
             # A policy must not raise; if one does, fail closed and say so.
             log.exception("%s: policy raised; answering with a temporary refusal", peer)
-            self.stats.counters["policy-errors"] += 1
+            self.stats.policy_errors += 1
             decision = POLICY_ERROR_DECISION
         if not record:
             return decision
