@@ -516,55 +516,9 @@ def test_a_table_that_cannot_be_saved_at_stop_exits_non_zero(tmp_path: Path, com
     assert "could not save the table" in output.read_text(), tail(output)
 
 
-def test_a_second_service_on_the_same_persist_is_refused_and_the_first_keeps_it(
-    tmp_path: Path,
-) -> None:
-    persist = str(tmp_path / "table.json")
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
-    first_config = serve_config(tmp_path / "one", persist)
-    second_config = serve_config(tmp_path / "two", persist)  # a copy, another port
-    log = tmp_path / "first.log"
-    with log.open("wb") as stream:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "relaypolicy", "serve", "--config", str(first_config)],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30  # real-time: a process's start-up
-        while READY["serve"] not in log.read_text() and time.monotonic() < deadline:
-            assert first.poll() is None, tail(log)
-            time.sleep(0.05)
-        assert ask(
-            str(tmp_path / "one" / "control.sock"), {"command": "add", "address": "203.0.113.9"}
-        )["ok"]
-        second = subprocess.run(
-            [sys.executable, "-m", "relaypolicy", "serve", "--config", str(second_config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert second.returncode == 78, second.stderr
-        assert f"{persist}: in use by another relaypolicy process (pid {first.pid})" in (
-            second.stderr
-        )
-        assert "Traceback" not in second.stderr
-    finally:
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=30) == 0, tail(log)
-    # The first saved its table, the acknowledged add in it, untouched by the second.
-    assert "203.0.113.9" in Path(persist).read_text()
-
-
-def test_check_with_the_config_sees_what_the_service_acknowledged(tmp_path: Path) -> None:
-    """``relaypolicy check --config`` reads the journal too: an ``add`` answered a moment
-    ago is in the journal only (the next snapshot is up to a minute away)."""
-    persist = str(tmp_path / "table.json")
-    service = start_service(
-        tmp_path,
-        f"""
+def pop_policy(persist: str) -> str:
+    """A POP-before-SMTP policy kept in ``persist`` (``start_service`` adds ``[serve]``)."""
+    return f"""
 [domains]
 local = ["example.org"]
 
@@ -573,8 +527,43 @@ persist = "{persist}"
 
 [chain]
 steps = ["pop_before_smtp", "local_domains"]
-""",
-    )
+"""
+
+
+def test_a_second_service_on_the_same_persist_is_refused_and_the_first_keeps_it(
+    tmp_path: Path,
+) -> None:
+    persist = str(tmp_path / "table.json")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = start_service(tmp_path / "one", pop_policy(persist))
+    try:
+        assert first.ctl("add", "203.0.113.9")["ok"] is True
+        second = subprocess.run(
+            [
+                *(sys.executable, "-m", "relaypolicy", "serve", "--config"),
+                str(serve_config(tmp_path / "two", persist)),  # a copy, another port
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 78, second.stderr
+        owner = f"{persist}: in use by another relaypolicy process (pid {first.process.pid})"
+        assert owner in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        assert first.stop() == 0, tail(first.log)
+    # The first saved its table, the acknowledged add in it, untouched by the second.
+    assert "203.0.113.9" in Path(persist).read_text()
+
+
+def test_check_with_the_config_sees_what_the_service_acknowledged(tmp_path: Path) -> None:
+    """``relaypolicy check --config`` reads the journal too: an ``add`` answered a moment
+    ago is in the journal only (the next snapshot is up to a minute away)."""
+    persist = str(tmp_path / "table.json")
+    service = start_service(tmp_path, pop_policy(persist))
     check = [
         sys.executable, "-m", "relaypolicy", "check", "--config", str(service.config),
         "--client-address", "203.0.113.9", "--recipient", "friend@elsewhere.test",
