@@ -9,6 +9,7 @@ through :func:`unavailable` so the rule lives in one place.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,13 +18,16 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+
+from relaypolicy.cli import main
 
 __all__ = [
     "REQUIRE_REAL_ENV",
     "alive",
+    "audit_json",
     "children",
     "free_port",
     "mta_root",
@@ -199,3 +203,20 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)  # real-time: poll a real process, bounded
+
+
+def audit_json(
+    host: str, port: int, source: str, capsys: pytest.CaptureFixture[str], *options: str
+) -> dict[str, Any]:
+    """``relaypolicy audit --smtp HOST:PORT --source-address SOURCE --local-domain
+    local.test --json`` plus ``options``, run in process against a real MTA: the JSON
+    report, with the exit status under ``"status"``."""
+    status = main(
+        [
+            *("audit", "--smtp", f"{host}:{port}", "--source-address", source),
+            *("--local-domain", "local.test", "--json", *options),
+        ]
+    )
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    report["status"] = status
+    return report

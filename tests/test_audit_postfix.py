@@ -8,15 +8,13 @@ transport of the instance is ``discard`` and the audit never sends DATA.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from postfix_instance import PostfixConfig, PostfixInstance, running_postfix
-from realservers import require_loopback_address
+from realservers import audit_json, require_loopback_address
 
-from relaypolicy.cli import main
 from relaypolicy.testing import relay_probes
 from relaypolicy.testing.probes import NMAP_PROBES
 
@@ -37,23 +35,7 @@ def postfix() -> Iterator[PostfixInstance]:
 
 
 def audit(postfix: PostfixInstance, source: str, capsys: pytest.CaptureFixture[str]) -> Any:
-    status = main(
-        [
-            "audit",
-            "--smtp",
-            f"{postfix.host}:{postfix.port}",
-            "--local-domain",
-            "local.test",
-            "--relay-domain",
-            "relay.test",
-            "--source-address",
-            source,
-            "--json",
-        ]
-    )
-    report = json.loads(capsys.readouterr().out)
-    report["status"] = status
-    return report
+    return audit_json(postfix.host, postfix.port, source, capsys, "--relay-domain", "relay.test")
 
 
 def test_postfix_is_not_an_open_relay_to_strangers(

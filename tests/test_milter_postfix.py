@@ -12,7 +12,6 @@ login reaches the milter as ``{auth_authen}``. relaypolicy runs as a separate pr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import smtplib
@@ -26,10 +25,9 @@ import pytest
 from dovecot_instance import running_dovecot
 from milter_process import postfix_milter_settings, start_milter
 from postfix_instance import PostfixConfig, PostfixInstance, RcptSession, running_postfix
-from realservers import require_binary, require_loopback_address, tail
+from realservers import audit_json, require_binary, require_loopback_address, tail
 from serve_process import Service
 
-from relaypolicy.cli import main
 from relaypolicy.testing.probes import relay_probes
 
 pytestmark = pytest.mark.real
@@ -223,23 +221,11 @@ def test_audit_from_a_stranger_finds_no_open_relay(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     postfix = stack.postfix
-    status = main(
-        [
-            "audit",
-            "--smtp",
-            f"{postfix.host}:{postfix.port}",
-            "--local-domain",
-            "local.test",
-            "--relay-domain",
-            "relay.test",
-            "--source-address",
-            OUTSIDER,
-            "--json",
-        ]
+    report = audit_json(
+        postfix.host, postfix.port, OUTSIDER, capsys, "--relay-domain", "relay.test"
     )
-    report = json.loads(capsys.readouterr().out)
     total = len(relay_probes("local.test", relay_domain="relay.test"))
-    assert status == 0, report["summary"]
+    assert report["status"] == 0, report["summary"]
     assert report["summary"] == f"not an open relay: 0/{total} probes accepted"
     assert {probe["code"] // 100 for probe in report["probes"]} == {5}
 

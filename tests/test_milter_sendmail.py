@@ -34,12 +34,11 @@ from typing import Literal
 import pytest
 import test_postfix_differential as differential
 from milter_process import start_milter
-from realservers import free_port, require_binary, require_loopback_address, tail
+from realservers import audit_json, free_port, require_binary, require_loopback_address, tail
 from sendmail_instance import Answer, SendmailConfig, SendmailInstance, ask, running_sendmail
 from serve_process import Service
 
 from relaypolicy import Verdict
-from relaypolicy.cli import main
 from relaypolicy.testing.probes import relay_probes
 
 pytestmark = pytest.mark.real
@@ -230,20 +229,9 @@ def test_audit_from_the_stranger_finds_no_open_relay(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sendmail = stack.sendmail
-    status = main(
-        [
-            "audit",
-            "--smtp",
-            f"{sendmail.host}:{sendmail.port}",
-            "--local-domain",
-            "local.test",
-            "--source-address",
-            OUTSIDER,
-        ]
-    )
-    out = capsys.readouterr().out
-    assert status == 0, out
-    assert "not an open relay" in out, out
+    report = audit_json(sendmail.host, sendmail.port, OUTSIDER, capsys)
+    assert report["status"] == 0, report["summary"]
+    assert report["summary"].startswith("not an open relay"), report["summary"]
 
 
 def test_swaks_quit_after_rcpt(stack: Stack) -> None:

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from opensmtpd_instance import OpenSmtpdInstance, running_opensmtpd
-from realservers import require_loopback_address, wait_until
+from realservers import audit_json, require_loopback_address, wait_until
 from test_postfix_differential import (
     ALL_CASES,
     MYDESTINATION,
@@ -41,7 +41,6 @@ from test_postfix_differential import (
 )
 
 from relaypolicy import Decision, Request, Verdict
-from relaypolicy.cli import main
 from relaypolicy.config import parse_config
 from relaypolicy.daemon.control import ask
 from relaypolicy.testing.probes import relay_probes
@@ -275,23 +274,7 @@ def test_stats_count_the_decisions(opensmtpd: OpenSmtpdInstance, untrusted: Clie
 
 
 def audit(source: str, instance: OpenSmtpdInstance, capsys: pytest.CaptureFixture[str]) -> Any:
-    status = main(
-        [
-            "audit",
-            "--smtp",
-            f"{instance.host}:{instance.port}",
-            "--local-domain",
-            "local.test",
-            "--relay-domain",
-            "relay.test",
-            "--source-address",
-            source,
-            "--json",
-        ]
-    )
-    report = json.loads(capsys.readouterr().out)
-    report["status"] = status
-    return report
+    return audit_json(instance.host, instance.port, source, capsys, "--relay-domain", "relay.test")
 
 
 def test_audit_from_an_untrusted_address_says_not_an_open_relay(
